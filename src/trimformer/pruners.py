@@ -1,0 +1,236 @@
+"""The pruning engine: targets + importance + schedule -> masks, for any training loop.
+
+    pruner = Pruner(model, config_list, importance="taylor", granularity="out_channel",
+                    schedule=Iterative(rounds=12, steps_per_round=100, target=0.5))
+    pruner.attach(optimizer)      # scores and masks follow the optimiser's steps
+    ...train as usual...
+    masks = pruner.masks          # {module: {"weight": 0/1 tensor}}
+    pruner.detach(bake=True)      # masked values written into the weights, hooks gone
+
+Masks are parametrizations, so the model stays an ordinary module and the optimiser that
+was built before attaching keeps working. Movement pruning (learned scores) lives in
+`MovementEngine` below, on the same pieces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from trimformer.allocate import Block, allocate, block_reduce, resolve_block, topk_keep
+from trimformer.config import GranularitySpec
+from trimformer.masks import MaskDict, apply_masks, current_masks, masks_sparsity, remove_masks
+from trimformer.schedule import Constant, Cubic, Schedule
+from trimformer.scoring import Importance, MovementMask, TaylorImportance, l1_importance, l2_importance
+from trimformer.select import Target, select_targets
+from trimformer.structure import ModelStructure, family_of, model_structure
+
+
+def _structure_or_none(model: nn.Module) -> ModelStructure | None:
+    return model_structure(model) if family_of(model) is not None else None
+
+
+class Pruner:
+    """Select targets, score them, allocate sparsity, apply masks; optionally per optimiser step."""
+
+    def __init__(self, model: nn.Module, config_list: list, importance: str | Importance = "l1",
+                 granularity: GranularitySpec | None = None, schedule: Schedule | None = None):
+        self.model = model
+        self.targets: list[Target] = select_targets(model, config_list)
+        self.structure = _structure_or_none(model)
+        self.blocks: dict[str, Block] = {
+            t.name: resolve_block(t, granularity, self.structure) for t in self.targets
+        }
+        self.taylor: TaylorImportance | None = None
+        if importance == "taylor":
+            self.taylor = TaylorImportance(self.targets)
+            importance = self.taylor
+        elif importance == "l1":
+            importance = l1_importance
+        elif importance == "l2":
+            importance = l2_importance
+        elif isinstance(importance, str):
+            raise ValueError(f"unknown importance {importance!r}: use 'l1', 'l2', 'taylor' or a callable")
+        self.importance: Importance = importance
+        self.schedule: Schedule = schedule or Constant()
+        self.step_count = 0
+        self._progress = -1.0
+        self._hooks: list = []
+
+    # -- plan ---------------------------------------------------------------------------------
+    def compute_masks(self, progress: float = 1.0) -> MaskDict:
+        """Masks at `progress` (0..1) of the configured sparsity, from the current scores."""
+        scores = {t.name: block_reduce(self.importance(t), self.blocks[t.name]) for t in self.targets}
+        masks = allocate(self.targets, scores, self.blocks, sparsity_scale=progress)
+        return _couple_ffn(masks, self.structure, self.blocks)
+
+    # -- apply --------------------------------------------------------------------------------
+    def update_masks(self, progress: float | None = None) -> MaskDict:
+        """Compute masks and attach them to the model (monotone: a pruned weight stays pruned)."""
+        progress = self.schedule(self.step_count) if progress is None else progress
+        new = self.compute_masks(progress)
+        old = current_masks(self.model)
+        for name, tensors in new.items():
+            if name in old:
+                tensors["weight"] = tensors["weight"] * old[name]["weight"].to(tensors["weight"].device)
+        apply_masks(self.model, new)
+        self._progress = progress
+        return new
+
+    @property
+    def masks(self) -> MaskDict:
+        """The masks attached now, in NNI's form."""
+        return {name: m for name, m in current_masks(self.model).items() if name in self.blocks}
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Pruner:
+        """Follow `optimizer`: gather gradient scores before each step, update masks after."""
+        if self.taylor is not None:
+            self._hooks.append(optimizer.register_step_pre_hook(lambda *_: self.taylor.accumulate()))
+        self._hooks.append(optimizer.register_step_post_hook(lambda *_: self.step()))
+        return self
+
+    def step(self) -> None:
+        """Advance the schedule one step; re-mask when the scheduled sparsity moved."""
+        self.step_count += 1
+        progress = self.schedule(self.step_count)
+        if progress != self._progress and (self.taylor is None or self.taylor.steps > 0):
+            self.update_masks(progress)
+            if self.taylor is not None:
+                self.taylor.reset()
+
+    def detach(self, bake: bool = True) -> None:
+        """Remove hooks and mask parametrizations (baking the masked values when `bake`)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        remove_masks(self.model, bake=bake)
+
+    def sparsity_table(self) -> list[tuple[str, tuple[int, ...], int, float]]:
+        """(module, weight shape, kept weights, sparsity) per target."""
+        masks = self.masks
+        rows = []
+        for t in self.targets:
+            shape = tuple(t.module.weight.shape)
+            mask = masks.get(t.name, {}).get("weight")
+            kept = int(mask.sum()) if mask is not None else int(t.module.weight.numel())
+            rows.append((t.name, shape, kept, 1.0 - kept / max(1, t.module.weight.numel())))
+        return rows
+
+    def show_pruned_weights(self, print_fn: Callable[[str], None] = print) -> None:
+        """Print the per-layer table: shape, kept weights, sparsity."""
+        rows = self.sparsity_table()
+        width = max([len(r[0]) for r in rows] + [6])
+        print_fn(f"{'module':<{width}}  {'shape':>14}  {'kept':>10}  sparsity")
+        for name, shape, kept, sparsity in rows:
+            print_fn(f"{name:<{width}}  {str(shape):>14}  {kept:>10}  {sparsity:8.4f}")
+        total = sum(r[2] for r in rows), sum(t.module.weight.numel() for t in self.targets)
+        print_fn(f"{'total':<{width}}  {'':>14}  {total[0]:>10}  {1 - total[0] / max(1, total[1]):8.4f}")
+
+
+def _couple_ffn(masks: MaskDict, structure: ModelStructure | None, blocks: dict[str, Block]) -> MaskDict:
+    """With channel granularity on both FFN linears of a layer, the second's input channels
+    follow the first's output channels (one FFN channel = a row of one + a column of the other)."""
+    if structure is None:
+        return masks
+    for layer in structure.layers:
+        a, b = masks.get(layer.ffn_in), masks.get(layer.ffn_out)
+        if a is None or b is None:
+            continue
+        if blocks[layer.ffn_in][0] == 1 and blocks[layer.ffn_out][1] == 1 and blocks[layer.ffn_in][1] > 1:
+            channel_kept = a["weight"][:, 0] * b["weight"][0, :]
+            a["weight"] = channel_kept[:, None].expand_as(a["weight"]).clone()
+            b["weight"] = channel_kept[None, :].expand_as(b["weight"]).clone()
+    return masks
+
+
+class MovementEngine:
+    """Movement pruning with learned per-block scores (Sanh et al. 2020).
+
+    hard: keep the top (1 - s_t) blocks by score, s_t on NNI's cubic schedule.
+    soft: keep blocks whose score is > 0; an L1 penalty on sigmoid(scores), weighted by
+    `regular_scale` (ramped on the same cubic schedule), pushes scores down, so a larger
+    `regular_scale` prunes more. Masks are all ones before `warm_up_step` and frozen from
+    `cool_down_beginning_step` on."""
+
+    def __init__(self, model: nn.Module, config_list: list, warm_up_step: int, cool_down_beginning_step: int,
+                 regular_scale: float = 1.0, movement_mode: str = "hard", granularity: GranularitySpec = "finegrained",
+                 score_lr: float = 1e-2):
+        if movement_mode not in ("hard", "soft"):
+            raise ValueError(f"movement_mode must be 'hard' or 'soft', got {movement_mode!r}")
+        self.pruner = Pruner(model, config_list, importance=self._scores, granularity=granularity)
+        self.mode = movement_mode
+        self.regular_scale = float(regular_scale)
+        self.ramp = Cubic(warm_up_step, cool_down_beginning_step)
+        self.warm_up, self.cool_down = warm_up_step, cool_down_beginning_step
+        self.params: dict[str, MovementMask] = {}
+        for t in self.pruner.targets:
+            weight = t.module.weight
+            mask = torch.ones_like(weight, dtype=torch.float32)
+            remove_masks_of(t.module)
+            param = MovementMask(mask, self.pruner.blocks[t.name])
+            torch.nn.utils.parametrize.register_parametrization(t.module, "weight", param)
+            self.params[t.name] = param
+        # Plain SGD: a score is then the accumulated movement -sum(w * dL/dw) minus the penalty's pull,
+        # so their sizes compete (Adam would normalise the movement signal away).
+        self.optimizer = torch.optim.SGD([p.scores for p in self.params.values()], lr=score_lr)
+        self.step_count = 0
+
+    def _scores(self, target: Target) -> torch.Tensor:
+        # Elementwise view of the block scores, so the shared allocator can rank them.
+        param = self.params[target.name]
+        rows, cols = param.block
+        return param.scores.detach().repeat_interleave(rows, 0).repeat_interleave(cols, 1) / (rows * cols)
+
+    def regularization_loss(self) -> torch.Tensor:
+        """Soft mode's penalty (0 in hard mode and during warm-up); add it to the task loss."""
+        if self.mode != "soft" or self.step_count < self.warm_up:
+            return torch.zeros(())
+        scale = self.regular_scale * self.ramp(self.step_count)
+        terms = [torch.sigmoid(p.scores).mean() for p in self.params.values()]
+        return scale * torch.stack(terms).mean()
+
+    def step(self) -> None:
+        """After the model's optimiser step: update scores, then masks."""
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        if self.step_count < self.warm_up or self.step_count > self.cool_down:
+            return
+        self.refresh_masks()
+
+    def refresh_masks(self) -> None:
+        """Recompute every mask from the current scores."""
+        with torch.no_grad():
+            if self.mode == "soft":
+                for param in self.params.values():
+                    keep = (param.scores > 0).float()
+                    param.mask.copy_(keep.repeat_interleave(param.block[0], 0).repeat_interleave(param.block[1], 1))
+            else:
+                masks = self.pruner.compute_masks(self.ramp(self.step_count))
+                for name, tensors in masks.items():
+                    self.params[name].mask.copy_(tensors["weight"])
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Scores and masks, for checkpoints (safetensors-friendly keys)."""
+        out = {f"{n}.scores": p.scores.detach().cpu() for n, p in self.params.items()}
+        out.update({f"{n}.mask": p.mask.detach().cpu() for n, p in self.params.items()})
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], step_count: int) -> None:
+        """Restore `state_tensors()` output and the step counter."""
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.scores.copy_(tensors[f"{n}.scores"])
+                p.mask.copy_(tensors[f"{n}.mask"])
+        self.step_count = step_count
+
+
+def remove_masks_of(module: nn.Module) -> None:
+    """Bake and drop any earlier mask on this module, so a new pruner starts from its weights."""
+    if torch.nn.utils.parametrize.is_parametrized(module, "weight"):
+        torch.nn.utils.parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+__all__ = ["Pruner", "MovementEngine", "masks_sparsity", "topk_keep", "remove_masks"]

@@ -1,0 +1,87 @@
+"""Sparsity as a pure function of the step, like a learning-rate schedule.
+
+Each schedule maps a step to the fraction (0..1) of the final sparsity reached by then;
+the pruner multiplies by the target. Pure functions: resuming at step t gives the same
+sparsity as never stopping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Constant:
+    """The whole target from the start."""
+
+    def __call__(self, step: int) -> float:
+        return 1.0
+
+
+@dataclass(frozen=True)
+class Linear:
+    """From 0 at `begin` to 1 at `end`, linearly."""
+
+    begin: int
+    end: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.begin:
+            return 0.0
+        if step >= self.end or self.end <= self.begin:
+            return 1.0
+        return (step - self.begin) / (self.end - self.begin)
+
+
+@dataclass(frozen=True)
+class Cubic:
+    """NNI's / Zhu & Gupta's cubic ramp: 0 until `warm_up`, then
+    ``1 - (1 - (t - warm_up) / (cool_down - warm_up)) ** 3`` until `cool_down`, then 1."""
+
+    warm_up: int
+    cool_down: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warm_up:
+            return 0.0
+        if step >= self.cool_down or self.cool_down <= self.warm_up:
+            return 1.0
+        progress = (step - self.warm_up) / (self.cool_down - self.warm_up)
+        return 1.0 - (1.0 - progress) ** 3
+
+
+@dataclass(frozen=True)
+class Iterative:
+    """`rounds` equal steps of keep-ratio: after round r (1-based) the kept fraction is
+    ``(1 - s) ** (r / rounds)`` of the weights, as the tutorial's 12 FFN rounds do. Round r
+    starts at step ``(r - 1) * steps_per_round``. Returns the fraction of `target` reached."""
+
+    rounds: int
+    steps_per_round: int
+    target: float
+
+    def __call__(self, step: int) -> float:
+        if self.target <= 0:
+            return 1.0
+        done = min(self.rounds, step // max(1, self.steps_per_round) + 1)
+        sparsity = 1.0 - (1.0 - self.target) ** (done / self.rounds)
+        return sparsity / self.target
+
+    def round_of(self, step: int) -> int:
+        """1-based round that `step` falls in."""
+        return min(self.rounds, step // max(1, self.steps_per_round) + 1)
+
+
+Schedule = Constant | Linear | Cubic | Iterative
+
+
+def per_round_sparsity(target: float, rounds: int) -> float:
+    """The fraction of the remaining weights to prune in each of `rounds` equal rounds."""
+    return 1.0 - (1.0 - target) ** (1.0 / rounds) if target > 0 else 0.0
+
+
+def sparsity_at(schedule: Schedule, target: float, step: int) -> float:
+    """The sparsity a schedule asks for at `step`, never above `target`."""
+    value = target * schedule(step)
+    return min(target, max(0.0, value if math.isfinite(value) else target))

@@ -1,0 +1,143 @@
+"""Movement pruning and the NNI tutorial's own calls, unchanged except imports."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch.optim import Adam
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import BatchEncoding
+
+from tests.models import tiny_bert
+from trimformer import MovementPruner, TaylorFOWeightPruner, TorchEvaluator, trace
+from trimformer.structure import model_structure
+
+LAYERS = 2
+
+
+def make_batches(n: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, 99, (4, 12), generator=g)
+        labels = (ids[:, 1] > 50).long()  # learnable signal
+        out.append(BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}))
+    return out
+
+
+# --- the tutorial's training function, as written there (minus logging/saving) ----------------
+def training(model, optimizer, criterion, lr_scheduler=None, max_steps=None, max_epochs=None,
+             train_dataloader=None, distillation=False, teacher_model=None, distil_func=None, device="cpu"):
+    model.train()
+    current_step = 0
+    total_epochs = max_steps // len(train_dataloader) + 1 if max_steps else max_epochs if max_epochs else 3
+    total_steps = max_steps if max_steps else total_epochs * len(train_dataloader)
+    for _ in range(total_epochs):
+        for batch in train_dataloader:
+            if current_step >= total_steps:
+                return
+            batch.to(device)
+            outputs = model(**batch)
+            loss = outputs.loss
+            loss = criterion(loss, None)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if lr_scheduler:
+                lr_scheduler.step()
+            current_step += 1
+
+
+def fake_criterion(loss, _):
+    return loss
+
+
+def run_tutorial_movement(regular_scale: float, seed: int = 0):
+    torch.manual_seed(seed)
+    model = tiny_bert(num_layers=LAYERS, seed=seed)
+    train_dataloader = make_batches()
+    total_epochs, steps_per_epoch = 4, len(train_dataloader)
+    total_steps = total_epochs * steps_per_epoch
+    warmup_steps, cooldown_steps = steps_per_epoch, steps_per_epoch
+    movement_training = functools.partial(training, train_dataloader=train_dataloader)
+    traced_optimizer = trace(Adam)(model.parameters(), lr=3e-5, eps=1e-8)
+
+    def lr_lambda(current_step: int):
+        if current_step < warmup_steps:
+            return float(current_step) / warmup_steps
+        return max(0.0, float(total_steps - current_step) / float(total_steps - warmup_steps))
+
+    traced_scheduler = trace(LambdaLR)(traced_optimizer, lr_lambda)
+    evaluator = TorchEvaluator(movement_training, traced_optimizer, fake_criterion, traced_scheduler)
+    config_list = [{
+        "op_types": ["Linear"],
+        "op_partial_names": [f"bert.encoder.layer.{i}.attention" for i in range(LAYERS)],
+        "sparsity": 0.1,
+    }]
+    pruner = MovementPruner(model=model, config_list=config_list, evaluator=evaluator,
+                            training_epochs=total_epochs, training_steps=total_steps, warm_up_step=warmup_steps,
+                            cool_down_beginning_step=total_steps - cooldown_steps, regular_scale=regular_scale,
+                            movement_mode="soft", sparse_granularity="auto")
+    _, attention_masks = pruner.compress()
+    return model, pruner, attention_masks
+
+
+def overall_sparsity(masks):
+    kept = sum(float(m["weight"].sum()) for m in masks.values())
+    total = sum(m["weight"].numel() for m in masks.values())
+    return 1 - kept / total
+
+
+def test_tutorial_movement_calls_work_and_masks_are_head_blocks(capsys):
+    model, pruner, masks = run_tutorial_movement(regular_scale=10)
+    assert len(masks) == 4 * LAYERS
+    hd = model_structure(model).head_dim
+    for name, m in masks.items():
+        w = m["weight"]
+        assert w.shape == model.get_submodule(name).weight.shape
+        grid = w.reshape(w.shape[0] // hd, hd, w.shape[1] // hd, hd).sum(dim=(1, 3))
+        assert torch.all((grid == 0) | (grid == hd * hd)), name
+    # The tutorial reads the value mask per head like this:
+    value_mask = masks["bert.encoder.layer.0.attention.self.value"]["weight"]
+    assert value_mask.reshape(4, -1).sum(-1).shape == (4,)
+    pruner.show_pruned_weights()
+    assert "attention.self.query" in capsys.readouterr().out
+
+
+def test_soft_movement_larger_regular_scale_is_sparser():
+    # The tiny random model's gradients are small, so small scales already matter here.
+    sparsities = [overall_sparsity(run_tutorial_movement(regular_scale=s)[2]) for s in (0.0, 1e-4, 1e-3)]
+    assert sparsities[0] < sparsities[1] < sparsities[2] < 1.0
+
+
+def test_hard_movement_reaches_exact_sparsity_on_schedule():
+    model = tiny_bert(num_layers=LAYERS)
+    batches = make_batches()
+    optimizer = Adam(model.parameters(), lr=1e-3)
+    evaluator = TorchEvaluator(functools.partial(training, train_dataloader=batches), optimizer, fake_criterion)
+    config = [{"op_types": ["Linear"], "op_partial_names": ["bert.encoder"], "sparsity": 0.75}]
+    pruner = MovementPruner(model, config, evaluator, training_epochs=2, training_steps=16, warm_up_step=2,
+                            cool_down_beginning_step=10, movement_mode="hard", sparse_granularity="finegrained")
+    _, masks = pruner.compress()
+    for m in masks.values():
+        assert 1 - float(m["weight"].mean()) == pytest.approx(0.75, abs=1e-6)
+
+
+def test_tutorial_taylor_call_on_op_names():
+    model = tiny_bert(num_layers=LAYERS)
+    batches = make_batches()
+    optimizer = trace(Adam)(model.parameters(), lr=3e-5, eps=1e-8)
+    evaluator = TorchEvaluator(functools.partial(training, train_dataloader=batches), optimizer, fake_criterion)
+    ffn_config_list = [{"op_names": [f"bert.encoder.layer.{i}.intermediate.dense"], "sparsity": 0.25}
+                       for i in range(LAYERS)]
+    taylor_pruner_steps = 3
+    pruner = TaylorFOWeightPruner(model, ffn_config_list, evaluator, taylor_pruner_steps)
+    _, ffn_masks = pruner.compress()
+    assert set(ffn_masks) == {f"bert.encoder.layer.{i}.intermediate.dense" for i in range(LAYERS)}
+    for m in ffn_masks.values():
+        rows = m["weight"].sum(1)
+        assert int((rows == 0).sum()) == 16  # a quarter of 64 channels, whole rows
+    pruner._unwrap_model()
+    assert not hasattr(model.bert.encoder.layer[0].intermediate.dense, "parametrizations")

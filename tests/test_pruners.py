@@ -1,0 +1,157 @@
+"""The engine: exact sparsity, whole blocks, per-head auto masks, masked forward, Taylor vs L1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.models import tiny_batch, tiny_bert
+from trimformer import L1NormPruner, L2NormPruner, LevelPruner, Pruner, load_masks, save_masks
+from trimformer.structure import model_structure
+
+ENCODER_LINEARS = [{"op_types": ["Linear"], "op_partial_names": ["bert.encoder"]}]
+
+
+def cfg(**kw):
+    return [{**ENCODER_LINEARS[0], **kw}]
+
+
+def sparsity(mask):
+    return 1.0 - float(mask.float().mean())
+
+
+@pytest.mark.parametrize("cls, granularity", [(LevelPruner, "finegrained"), (L1NormPruner, "out_channel"),
+                                              (L2NormPruner, "out_channel")])
+def test_presets_reach_exact_per_layer_sparsity(cls, granularity):
+    model = tiny_bert()
+    _, masks = cls(model, cfg(sparsity=0.5)).compress()
+    assert len(masks) == 12
+    for name, m in masks.items():
+        w = m["weight"]
+        assert w.shape == model.get_submodule(name).weight.shape
+        assert sparsity(w) == pytest.approx(0.5)
+        if granularity == "out_channel":  # whole rows
+            assert torch.all((w.sum(1) == 0) | (w.sum(1) == w.shape[1]))
+
+
+def test_l1_channels_are_the_smallest_rows():
+    model = tiny_bert()
+    name = "bert.encoder.layer.0.intermediate.dense"
+    _, masks = L1NormPruner(model, [{"op_names": [name], "sparsity": 0.25}]).compress()
+    norms = model.get_submodule(name).parametrizations.weight.original.abs().sum(1)
+    pruned_rows = (masks[name]["weight"].sum(1) == 0).nonzero().flatten()
+    assert set(pruned_rows.tolist()) == set(torch.argsort(norms)[:16].tolist())
+
+
+@pytest.mark.parametrize("block", [(8, 8), (4, 16), (1, 32), (-1, 4)])
+def test_block_masks_are_whole_blocks(block):
+    model = tiny_bert()
+    pruner = Pruner(model, cfg(sparsity=0.5, granularity=list(block)))
+    masks = pruner.update_masks(1.0)
+    for name, m in masks.items():
+        w = m["weight"]
+        rows = w.shape[0] if block[0] == -1 else block[0]
+        cols = block[1]
+        grid = w.reshape(w.shape[0] // rows, rows, w.shape[1] // cols, cols).sum(dim=(1, 3))
+        assert torch.all((grid == 0) | (grid == rows * cols)), name
+        assert sparsity(w) == pytest.approx(0.5)
+
+
+def test_auto_masks_line_up_per_head_and_ffn_channels_are_coupled():
+    model = tiny_bert()
+    structure = model_structure(model)
+    hd = structure.head_dim
+    pruner = Pruner(model, cfg(sparsity=0.5), granularity="auto")
+    masks = pruner.update_masks(1.0)
+    for layer in structure.layers:
+        for role in ("query", "key", "value", "attn_out"):
+            w = masks[getattr(layer, role)]["weight"]
+            grid = w.reshape(w.shape[0] // hd, hd, w.shape[1] // hd, hd).sum(dim=(1, 3))
+            assert torch.all((grid == 0) | (grid == hd * hd))
+        rows = masks[layer.ffn_in]["weight"]
+        cols = masks[layer.ffn_out]["weight"]
+        assert torch.equal(rows[:, 0], cols[0, :])  # one FFN channel = a row of one + a column of the other
+        assert torch.all((rows.sum(1) == 0) | (rows.sum(1) == rows.shape[1]))
+
+
+def test_masked_forward_equals_zeroed_weights():
+    model = tiny_bert()
+    reference = tiny_bert()
+    _, masks = LevelPruner(model, cfg(sparsity=0.6)).compress()
+    with torch.no_grad():
+        for name, m in masks.items():
+            reference.get_submodule(name).weight.mul_(m["weight"])
+    batch = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, atol=1e-6, rtol=0)
+
+
+def test_total_sparsity_is_global_and_capped():
+    model = tiny_bert()
+    # Make layer 0's FFN much smaller in magnitude so a global ranking prefers it.
+    with torch.no_grad():
+        model.bert.encoder.layer[0].intermediate.dense.weight.mul_(0.01)
+    config = [{"op_names_re": [r".*intermediate\.dense"], "total_sparsity": 0.4, "max_sparsity_per_layer": 0.7}]
+    pruner = Pruner(model, config, granularity="out_channel")
+    masks = pruner.update_masks(1.0)
+    s = [sparsity(masks[f"bert.encoder.layer.{i}.intermediate.dense"]["weight"]) for i in range(2)]
+    assert (s[0] + s[1]) / 2 == pytest.approx(0.4, abs=1 / 128)  # whole rows of 32 weights
+    assert s[0] == pytest.approx(0.6875)  # hits the 0.7 cap in whole rows (44 of 64)
+    assert s[1] < s[0]
+
+
+def test_taylor_and_l1_pick_different_channels_when_gradients_say_so():
+    model = tiny_bert()
+    name = "bert.encoder.layer.0.intermediate.dense"
+    config = [{"op_names": [name], "sparsity": 0.5}]
+    taylor = Pruner(model, config, importance="taylor", granularity="out_channel")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    taylor.attach(optimizer)
+    batch = tiny_batch()
+    # Gradients only through the channels with the smallest weights: Taylor must keep those.
+    weight = model.get_submodule(name).weight.detach()
+    small = torch.argsort(weight.abs().sum(1))[:32]
+    for _ in range(2):
+        optimizer.zero_grad()
+        hidden = model.bert.embeddings(batch["input_ids"])
+        out = model.get_submodule(name)(hidden)
+        out[..., small].pow(2).sum().backward()
+        optimizer.step()
+    taylor_kept = (taylor.masks[name]["weight"].sum(1) > 0).nonzero().flatten()
+    taylor.detach(bake=False)
+    _, l1_masks = L1NormPruner(model, config).compress()
+    l1_kept = (l1_masks[name]["weight"].sum(1) > 0).nonzero().flatten()
+    assert set(taylor_kept.tolist()) == set(small.tolist())
+    assert set(taylor_kept.tolist()).isdisjoint(l1_kept.tolist())
+
+
+def test_attach_keeps_existing_optimizer_and_schedule_grows_sparsity(tmp_path):
+    from trimformer.schedule import Iterative
+
+    model = tiny_bert()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)  # made before the pruner
+    pruner = Pruner(model, cfg(sparsity=0.5), importance="taylor", granularity="out_channel",
+                    schedule=Iterative(rounds=3, steps_per_round=2, target=0.5)).attach(optimizer)
+    batch = {**tiny_batch(), "labels": torch.tensor([0, 1, 0])}
+    seen = []
+    for _ in range(6):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+        seen.append(sparsity(pruner.masks["bert.encoder.layer.1.intermediate.dense"]["weight"]))
+    assert seen[0] > 0 and seen == sorted(seen) and seen[-1] == pytest.approx(0.5, abs=1 / 64)
+    name = "bert.encoder.layer.0.attention.self.query"
+    before = model.get_submodule(name).parametrizations.weight.original.detach().clone()
+    optimizer.zero_grad()
+    model(**batch).loss.backward()
+    optimizer.step()
+    assert not torch.equal(before, model.get_submodule(name).parametrizations.weight.original)
+    masks = pruner.masks
+    save_masks(masks, tmp_path / "masks.safetensors")
+    loaded = load_masks(tmp_path / "masks.safetensors")
+    assert loaded.keys() == masks.keys()
+    assert all(torch.equal(loaded[k]["weight"], masks[k]["weight"]) for k in masks)
+    pruner.detach(bake=True)
+    w = model.get_submodule("bert.encoder.layer.1.intermediate.dense").weight
+    assert not hasattr(model.get_submodule(name), "parametrizations")
+    assert sparsity((w != 0).float()) == pytest.approx(0.5, abs=1 / 64)
