@@ -155,3 +155,17 @@ def test_attach_keeps_existing_optimizer_and_schedule_grows_sparsity(tmp_path):
     w = model.get_submodule("bert.encoder.layer.1.intermediate.dense").weight
     assert not hasattr(model.get_submodule(name), "parametrizations")
     assert sparsity((w != 0).float()) == pytest.approx(0.5, abs=1 / 64)
+
+
+def test_head_units_remove_whole_heads_across_qkvo():
+    model = tiny_bert()
+    structure = model_structure(model)
+    hd = structure.head_dim
+    config = [{"op_types": ["Linear"], "op_partial_names": [".attention."], "sparsity": 0.5}]
+    masks = Pruner(model, config, granularity="auto", head_units=True).update_masks(1.0)
+    for layer in structure.layers:
+        q_heads = masks[layer.query]["weight"][:, 0].reshape(-1, hd)[:, 0]
+        assert int(q_heads.sum()) == 2  # 2 of 4 heads kept
+        for n in (layer.key, layer.value):
+            assert torch.equal(masks[n]["weight"][:, 0].reshape(-1, hd)[:, 0], q_heads)
+        assert torch.equal(masks[layer.attn_out]["weight"][0, :].reshape(-1, hd)[:, 0], q_heads)

@@ -167,7 +167,7 @@ def _load_weights(model: nn.Module, path: Path) -> None:
                                        f"edited config?): {'; '.join(bad[:5])}{more}")
             unexpected = sorted(set(shapes) - set(expected))
             if unexpected:
-                raise PrunedModelError(f"{path} has tensors the model does not: {unexpected[:5]}")
+                raise PrunedModelError(f"{path} holds tensors the model has no place for: {unexpected[:5]}")
             state = {k: f.get_tensor(k) for k in shapes}
     except SafetensorError as err:
         raise PrunedModelError(f"cannot read {path} (truncated or corrupt?): {err}") from err

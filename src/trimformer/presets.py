@@ -137,7 +137,7 @@ class MovementPruner(_Preset):
     def __init__(self, model: nn.Module, config_list: list, evaluator: TorchEvaluator, training_epochs: int,
                  training_steps: int | None = None, warm_up_step: int = 0, cool_down_beginning_step: int = 0,
                  regular_scale: float = 1.0, movement_mode: str = "hard", sparse_granularity: str = "finegrained",
-                 score_lr: float = 1e-2):
+                 score_lr: float = 1.0):
         if sparse_granularity not in ("auto", "finegrained"):
             raise ValueError(f"sparse_granularity must be 'auto' or 'finegrained', got {sparse_granularity!r}")
         if cool_down_beginning_step < warm_up_step:

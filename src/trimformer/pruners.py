@@ -36,8 +36,10 @@ class Pruner:
     """Select targets, score them, allocate sparsity, apply masks; optionally per optimiser step."""
 
     def __init__(self, model: nn.Module, config_list: list, importance: str | Importance = "l1",
-                 granularity: GranularitySpec | None = None, schedule: Schedule | None = None):
+                 granularity: GranularitySpec | None = None, schedule: Schedule | None = None,
+                 head_units: bool = False):
         self.model = model
+        self.head_units = head_units
         self.targets: list[Target] = select_targets(model, config_list)
         self.structure = _structure_or_none(model)
         self.blocks: dict[str, Block] = {
@@ -64,7 +66,32 @@ class Pruner:
         """Masks at `progress` (0..1) of the configured sparsity, from the current scores."""
         scores = {t.name: block_reduce(self.importance(t), self.blocks[t.name]) for t in self.targets}
         masks = allocate(self.targets, scores, self.blocks, sparsity_scale=progress)
+        if self.head_units:
+            masks.update(self._head_masks(progress))
         return _couple_ffn(masks, self.structure, self.blocks)
+
+    def _head_masks(self, progress: float) -> MaskDict:
+        """Whole heads as units: a head's score sums its q, k, v rows and its output columns, and
+        the lowest-scoring heads of each layer lose all four at once, so shrinking removes them."""
+        if self.structure is None:
+            raise ValueError("head_units needs a model with a structure table")
+        by_name = {t.name: t for t in self.targets}
+        hd, masks = self.structure.head_dim, {}
+        for layer in self.structure.layers:
+            if not all(n in by_name for n in layer.attention_linears):
+                continue
+            sparsity = by_name[layer.query].sparsity
+            if sparsity is None:
+                raise ValueError("head_units needs a per-layer sparsity on the attention linears")
+            rows = [self.importance(by_name[n]).sum(1) for n in (layer.query, layer.key, layer.value)]
+            cols = self.importance(by_name[layer.attn_out]).sum(0)
+            head_score = sum(r.reshape(-1, hd).sum(1) for r in rows) + cols.reshape(-1, hd).sum(1)
+            keep = topk_keep(head_score, sparsity * progress).repeat_interleave(hd)
+            for n in (layer.query, layer.key, layer.value):
+                masks[n] = {"weight": keep[:, None].expand_as(by_name[n].module.weight).clone().float()}
+            masks[layer.attn_out] = {"weight": keep[None, :].expand_as(by_name[layer.attn_out].module.weight)
+                                     .clone().float()}
+        return masks
 
     # -- apply --------------------------------------------------------------------------------
     def update_masks(self, progress: float | None = None) -> MaskDict:
@@ -156,10 +183,11 @@ class MovementEngine:
 
     def __init__(self, model: nn.Module, config_list: list, warm_up_step: int, cool_down_beginning_step: int,
                  regular_scale: float = 1.0, movement_mode: str = "hard", granularity: GranularitySpec = "finegrained",
-                 score_lr: float = 1e-2):
+                 score_lr: float = 1.0, head_units: bool = False):
         if movement_mode not in ("hard", "soft"):
             raise ValueError(f"movement_mode must be 'hard' or 'soft', got {movement_mode!r}")
-        self.pruner = Pruner(model, config_list, importance=self._scores, granularity=granularity)
+        self.pruner = Pruner(model, config_list, importance=self._scores, granularity=granularity,
+                             head_units=head_units)
         self.mode = movement_mode
         self.regular_scale = float(regular_scale)
         self.ramp = Cubic(warm_up_step, cool_down_beginning_step)

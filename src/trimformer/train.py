@@ -1,0 +1,177 @@
+"""One explicit training / evaluation loop, with distillation, pruning hooks and checkpoints.
+
+Device, mixed precision and multi-process data sharding come from accelerate. Data order is a
+pure function of (seed, epoch), so a run resumed from a checkpoint sees the same batches as
+one that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from trimformer.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from trimformer.distill import kd_loss
+from trimformer.glue import TaskSpec
+from trimformer.glue_metrics import combine_splits, compute_metrics
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class TrainSettings:
+    """How one stage trains."""
+
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    distill: bool = False
+    alpha: float = 0.1
+    temperature: float = 2.0
+    seed: int = 1024
+    checkpoint_every: int = 100
+    keep_best: bool = False  # evaluate at each epoch end and keep the best weights
+
+
+@dataclass
+class FitResult:
+    steps: int
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_metric: float | None = None
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Only the tensors the model's forward takes (labels and teacher logits are ours)."""
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+def epoch_loader(dataset: Dataset, batch_size: int, collate: Callable, seed: int, epoch: int) -> DataLoader:
+    """A shuffled loader whose order depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)
+
+
+def task_loss(task: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if task.is_regression:
+        return nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+    return nn.functional.cross_entropy(logits, labels)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, collate: Callable, batch_size: int = 64,
+            device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels over a dataset, in order."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+        out = model(**{k: v.to(device) for k, v in model_inputs(batch).items()}).logits
+        logits.append(out.float().cpu())
+        labels.append(batch["labels"].cpu())
+    model.train(was_training)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate(model: nn.Module, task: TaskSpec, dev_sets: dict[str, Dataset], collate: Callable,
+             batch_size: int = 64, device: torch.device | str = "cpu") -> dict[str, float]:
+    """GLUE metrics on each dev split, combined (MNLI: matched, mismatched and their mean)."""
+    per_split = {}
+    for split, dataset in dev_sets.items():
+        logits, labels = predict(model, dataset, collate, batch_size, device)
+        per_split[split] = compute_metrics(task, logits, labels)
+    return combine_splits(task, per_split)
+
+
+def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable, settings: TrainSettings, *,
+        evaluate_fn: Callable[[nn.Module], dict[str, float]] | None = None, main_metric: str = "accuracy",
+        checkpoint_dir: Path | None = None, on_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
+        extra_loss: Callable[[], torch.Tensor] | None = None,
+        extra_state: tuple[Callable[[], dict], Callable[[dict, int], None]] | None = None,
+        device: torch.device | str = "cpu", desc: str = "train") -> FitResult:
+    """Train `model` in place. `on_optimizer` attaches pruners to the optimiser; `extra_state`
+    = (get tensors, set tensors and step) lets a pruner's state ride in the checkpoints."""
+    torch.manual_seed(settings.seed)
+    steps_per_epoch = math.ceil(len(train_set) / settings.batch_size)
+    total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, eps=1e-8)
+    warmup = int(settings.warmup_ratio * total)
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    if on_optimizer is not None:
+        on_optimizer(optimizer)
+    step, best, best_state = 0, None, None
+    if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
+        state = load_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler)
+        step = state.step
+        best = state.extra_meta.get("best")
+        best_keys = {k[5:]: v for k, v in state.extra_tensors.items() if k.startswith("best.")}
+        best_state = best_keys or None
+        if extra_state is not None:
+            extra_state[1]({k[6:]: v for k, v in state.extra_tensors.items() if k.startswith("extra.")}, step)
+    start = time.perf_counter()
+    metrics: dict[str, float] = {}
+    model.train()
+    bar = tqdm(total=total, initial=step, desc=desc, leave=False, dynamic_ncols=True)
+    while step < total:
+        epoch, skip = divmod(step, steps_per_epoch)
+        for index, batch in enumerate(epoch_loader(train_set, settings.batch_size, collate, settings.seed, epoch)):
+            if index < skip:
+                continue  # already trained before the checkpoint
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(**model_inputs(batch)).logits
+            if settings.distill and "teacher_logits" in batch:
+                loss = kd_loss(logits, batch["teacher_logits"], batch["labels"], alpha=settings.alpha,
+                               temperature=settings.temperature, regression=task.is_regression)
+            else:
+                loss = task_loss(task, logits, batch["labels"])
+            if extra_loss is not None:
+                loss = loss + extra_loss().to(loss.device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", **({main_metric: f"{best:.4f}"} if best is not None else {}))
+            epoch_end = step % steps_per_epoch == 0 or step == total
+            if evaluate_fn is not None and settings.keep_best and epoch_end:
+                metrics = evaluate_fn(model)
+                if best is None or metrics[main_metric] > best:
+                    best = metrics[main_metric]
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.train()
+            if checkpoint_dir is not None and (step % settings.checkpoint_every == 0 or epoch_end) and step < total:
+                extra = {f"best.{k}": v for k, v in (best_state or {}).items()}
+                if extra_state is not None:
+                    extra.update({f"extra.{k}": v for k, v in extra_state[0]().items()})
+                save_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                                extra_tensors=extra, extra_meta={"best": best})
+            if step >= total:
+                break
+    bar.close()
+    if settings.keep_best and best_state is not None:
+        model.load_state_dict(best_state)
+    if evaluate_fn is not None:
+        metrics = evaluate_fn(model)
+    return FitResult(steps=step, seconds=time.perf_counter() - start, metrics=metrics, best_metric=best)
