@@ -198,3 +198,12 @@ def test_bfloat16_keeps_dtype():
     mask[::2] = 0
     shrink(model, {ls.ffn_in: {"weight": mask}}, atol=0.1)
     assert model.get_submodule(ls.ffn_in).weight.dtype == torch.bfloat16
+
+
+def test_bad_mask_shape_changes_nothing():
+    model = tiny_bert()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    name = model_structure(model).layers[0].ffn_in
+    with pytest.raises(ValueError, match="has shape"):
+        shrink(model, {name: {"weight": torch.zeros(64, 1)}})
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

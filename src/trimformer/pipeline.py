@@ -137,10 +137,13 @@ class Run:
         names = [n for layer in structure.layers for n in layer.attention_linears]
         settings = self.settings(section, distill=section.distill)
         steps = settings.max_steps or max(1, round(settings.epochs * -(-len(self.data.train) // settings.batch_size)))
+        # Hard mode ranks whole heads (q, k, v rows + output columns together), so shrinking removes them.
         engine = MovementEngine(model, [{"op_names": names, "sparsity": section.sparsity}],
-                                warm_up_step=int(section.warm_up * steps), cool_down_beginning_step=int(section.cool_down * steps),
+                                warm_up_step=int(section.warm_up * steps),
+                                cool_down_beginning_step=int(section.cool_down * steps),
                                 regular_scale=section.regular_scale, movement_mode=section.mode,
-                                granularity=section.granularity, score_lr=section.score_lr, head_units=section.mode == "hard")
+                                granularity=section.granularity, score_lr=section.score_lr,
+                                head_units=section.mode == "hard")
         train_set = self.teacher_set() if section.distill else self.data.train
         result = fit(model, self.task, train_set, self.data.collate, settings, evaluate_fn=self.evaluate,
                      main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir("attention") / "checkpoint",

@@ -208,8 +208,8 @@ def _shrink_heads(layer: nn.Module, table: FamilyTable, head_dim: int, kept: Seq
     if keep.numel() == 0:
         inside = table.attn_out.startswith(table.attention + ".")
         out_name = table.attn_out[len(table.attention) + 1:] if inside else None
-        layer.set_submodule(table.attention, EmptyAttention(table.heads_attr, table.width_attrs, out_name,
-                                                    new_out if inside else None))
+        empty = EmptyAttention(table.heads_attr, table.width_attrs, out_name, new_out if inside else None)
+        layer.set_submodule(table.attention, empty)
         if not inside:
             layer.set_submodule(table.attn_out, new_out)
         return
@@ -250,7 +250,9 @@ def _layer_list_name(model: nn.Module, st: ModelStructure) -> str:
 def record_shapes(config, layer_list: nn.ModuleList, table: FamilyTable, head_dim: int,
                   dropped: Sequence[int] = ()) -> None:
     """Write the per-layer shape into the config so a saved config.json describes the model."""
-    origin = list(getattr(config, "trimformer_layer_origin", None) or range(len(layer_list) + len(dropped)))
+    origin = list(getattr(config, "trimformer_layer_origin", None) or [])
+    if len(origin) != len(layer_list) + len(dropped):  # no record yet (or a stale one): count from here
+        origin = list(range(len(layer_list) + len(dropped)))
     gone = sorted({*getattr(config, "trimformer_dropped_layers", []), *(origin[i] for i in dropped)})
     counts = [layer_counts(layer, table, head_dim) for layer in layer_list]
     config.trimformer_heads_per_layer = [h for h, _ in counts]
@@ -374,6 +376,9 @@ def shrink(model: nn.Module, masks: MaskDict | None = None, *, check: bool = Tru
     merged = attached_masks(model)
     for name, tensors in (masks or {}).items():
         for tensor_name, mask in tensors.items():
+            shape = tuple(getattr(model.get_submodule(name), tensor_name).shape)
+            if tuple(mask.shape) != shape:  # checked before anything changes; mul_ would broadcast
+                raise ValueError(f"mask for {name}.{tensor_name} has shape {tuple(mask.shape)}, the tensor {shape}")
             old = merged.setdefault(name, {}).get(tensor_name)
             merged[name][tensor_name] = mask if old is None else old * mask.to(old.device)
     remove_masks(model, bake=not restore_partial)

@@ -7,6 +7,7 @@ one that never stopped.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -124,6 +125,7 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
     if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
         state = load_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler)
         step = state.step
+        logging.getLogger("trimformer").info("%s: resuming from the checkpoint at step %d", desc, step)
         best = state.extra_meta.get("best")
         best_keys = {k[5:]: v for k, v in state.extra_tensors.items() if k.startswith("best.")}
         best_state = best_keys or None

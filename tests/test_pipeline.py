@@ -1,0 +1,78 @@
+"""`trimformer run` end to end on a tiny random BERT and tiny generated data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.pipeline_fixtures import TINY_OVERRIDES, write_sst2, write_tiny_model
+from trimformer.cli import main
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    glue_dir = write_sst2(root / "glue")
+    model_dir = write_tiny_model(root / "tiny")
+    out = root / "out"
+    code = main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir),
+                 "--recipe", "smoke", "--output-dir", str(out), *TINY_OVERRIDES])
+    assert code == 0
+    return root, out
+
+
+def test_every_stage_ran_and_report_is_complete(finished_run):
+    _, out = finished_run
+    for stage in ("finetune", "attention", "heads", "distil", "ffn", "final_distil"):
+        assert (out / "stages" / stage / "done.json").is_file(), stage
+    report = json.loads((out / "report.json").read_text())
+    for key in ("task", "model", "main_metric", "dense_metrics", "pruned_metrics", "total_sparsity",
+                "heads_per_layer", "ffn_per_layer", "params_before", "params_after", "flops_ratio",
+                "latency_dense_s", "latency_pruned_s", "speedup", "stage_seconds", "model_dir"):
+        assert key in report, key
+    assert report["task"] == "sst2" and report["main_metric"] == "accuracy"
+    assert report["heads_per_layer"] == [2, 2]  # smoke: hard movement at 0.5 on whole heads
+    assert report["ffn_per_layer"] == [32, 32]  # 3 rounds compounding to 0.5
+    assert report["params_after"] < report["params_before"] and report["flops_ratio"] > 1
+    assert (out / "report.md").read_text().count("|") > 20
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "run.log").stat().st_size > 0
+
+
+def test_report_agrees_with_an_independent_recomputation(finished_run):
+    from trimformer import glue
+    from trimformer.bench import count_params, layer_widths
+    from trimformer.io import load_pruned
+    from trimformer.report import total_sparsity
+    from trimformer.train import evaluate
+
+    root, out = finished_run
+    report = json.loads((out / "report.json").read_text())
+    model = load_pruned(out / "model")
+    dense = load_pruned(out / "stages" / "finetune" / "model")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    task = glue.get_task("sst2")
+    dev = glue.GlueDataset(glue.encode(tok, task, glue.load_split(task, "dev", root / "glue", 64), 64))
+    metrics = evaluate(model, task, {"dev": dev}, glue.make_collator(tok))
+    assert metrics["accuracy"] == pytest.approx(report["pruned_metrics"]["accuracy"])
+    assert count_params(model) == report["params_after"] and count_params(dense) == report["params_before"]
+    assert list(layer_widths(model)) == [report["heads_per_layer"], report["ffn_per_layer"]]
+    assert total_sparsity(dense, model) == pytest.approx(report["total_sparsity"])
+    with torch.no_grad():  # the reloaded model is a working classifier
+        assert model(**glue.make_collator(tok)([dev[0], dev[1]])).logits.shape == (2, 2)
+
+
+def test_eval_and_bench_commands(finished_run, capsys):
+    root, out = finished_run
+    assert main(["eval", str(out / "model"), "--task", "sst2", "--glue-dir", str(root / "glue")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    report = json.loads((out / "report.json").read_text())
+    assert printed["metrics"]["accuracy"] == pytest.approx(report["pruned_metrics"]["accuracy"])
+    assert main(["bench", str(out / "model"), "--batch-size", "2", "--seq-len", "16", "--repeats", "2"]) == 0
+    bench = json.loads(capsys.readouterr().out)
+    assert bench["params"]["model"] == report["params_after"]
+    assert bench["flops"]["ratio"] > 1 and bench["speedup"] > 0
