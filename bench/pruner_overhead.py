@@ -1,6 +1,6 @@
 """Overhead of pruning during training: one training step of MiniLM with and without a pruner.
 
-    python bench/pruner_overhead.py [--steps 12 --warmup 3 --batch-size 16 --seq-len 128 --threads 2]
+    python bench/pruner_overhead.py [--steps 15 --warmup 3 --batch-size 16 --seq-len 128 --threads 2]
 
 One training step = zero_grad + forward + loss + backward + AdamW step (+ the pruner's work:
 optimiser hooks, ``MovementEngine.step()``, the movement penalty). Configurations, each on its own
@@ -49,7 +49,7 @@ PHASES = ("forward", "backward", "optimizer", "engine")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--steps", type=int, default=12, help="measured steps per configuration (>= 10)")
+    parser.add_argument("--steps", type=int, default=15, help="measured steps per configuration (>= 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration first")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)

@@ -161,7 +161,10 @@ def speed(name: str, threads: int, repeats: int) -> dict:
             roundtrip_equal = torch.equal(reloaded(input_ids=ids).logits, pruned(input_ids=ids).logits)
     size = size_report(dense, pruned, 32, 128)
     load_before = os.getloadavg()[0]
+    wall, cpu = time.perf_counter(), time.process_time()
     latency = compare_latency(dense, pruned, batch_size=32, seq_len=128, threads=threads, warmup=2, repeats=repeats)
+    # Near 1 when our threads had their cores; well below 1 means other processes took CPU time.
+    cpu_share = (time.process_time() - cpu) / ((time.perf_counter() - wall) * threads)
     return {
         "model": name,
         "shape_after": {"heads": [h for h, _ in layer_shapes(pruned)], "ffn": [f for _, f in layer_shapes(pruned)]},
@@ -184,6 +187,7 @@ def speed(name: str, threads: int, repeats: int) -> dict:
         "speedup": latency.speedup,
         "speedup_over_flops_ratio": latency.speedup / size.flops_ratio,
         "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
+        "cpu_share_during_latency": cpu_share,
         "target": "speedup_over_flops_ratio >= 0.9",
     }
 

@@ -169,3 +169,11 @@ def test_head_units_remove_whole_heads_across_qkvo():
         for n in (layer.key, layer.value):
             assert torch.equal(masks[n]["weight"][:, 0].reshape(-1, hd)[:, 0], q_heads)
         assert torch.equal(masks[layer.attn_out]["weight"][0, :].reshape(-1, hd)[:, 0], q_heads)
+
+
+def test_coupled_ffn_keeps_the_configured_sparsity():
+    model = tiny_bert()
+    masks = Pruner(model, cfg(sparsity=0.5), granularity="auto").update_masks(1.0)
+    for layer in model_structure(model).layers:
+        assert sparsity(masks[layer.ffn_in]["weight"]) == pytest.approx(0.5)
+        assert sparsity(masks[layer.ffn_out]["weight"]) == pytest.approx(0.5)

@@ -68,7 +68,8 @@ class Pruner:
         masks = allocate(self.targets, scores, self.blocks, sparsity_scale=progress)
         if self.head_units:
             masks.update(self._head_masks(progress))
-        return _couple_ffn(masks, self.structure, self.blocks)
+        by_name = {t.name: t for t in self.targets}
+        return _couple_ffn(masks, self.structure, self.blocks, scores, by_name, progress)
 
     def _head_masks(self, progress: float) -> MaskDict:
         """Whole heads as units: a head's score sums its q, k, v rows and its output columns, and
@@ -156,19 +157,23 @@ class Pruner:
         print_fn(f"{'total':<{width}}  {'':>14}  {total[0]:>10}  {1 - total[0] / max(1, total[1]):8.4f}")
 
 
-def _couple_ffn(masks: MaskDict, structure: ModelStructure | None, blocks: dict[str, Block]) -> MaskDict:
-    """With channel granularity on both FFN linears of a layer, the second's input channels
-    follow the first's output channels (one FFN channel = a row of one + a column of the other)."""
+def _couple_ffn(masks: MaskDict, structure: ModelStructure | None, blocks: dict[str, Block],
+                scores: dict[str, torch.Tensor], targets: dict[str, Target], progress: float) -> MaskDict:
+    """With channel granularity on both FFN linears of a layer, one FFN channel is a row of the
+    first plus a column of the second: rank channels once by the sum of both scores, so both
+    masks remove the same channels at the configured sparsity."""
     if structure is None:
         return masks
     for layer in structure.layers:
-        a, b = masks.get(layer.ffn_in), masks.get(layer.ffn_out)
-        if a is None or b is None:
+        a, b = targets.get(layer.ffn_in), targets.get(layer.ffn_out)
+        if a is None or b is None or a.sparsity is None or b.sparsity is None:
             continue
-        if blocks[layer.ffn_in][0] == 1 and blocks[layer.ffn_out][1] == 1 and blocks[layer.ffn_in][1] > 1:
-            channel_kept = a["weight"][:, 0] * b["weight"][0, :]
-            a["weight"] = channel_kept[:, None].expand_as(a["weight"]).clone()
-            b["weight"] = channel_kept[None, :].expand_as(b["weight"]).clone()
+        if blocks[a.name][0] != 1 or blocks[b.name][1] != 1 or blocks[a.name][1] == 1:
+            continue
+        channel_score = scores[a.name].flatten() + scores[b.name].flatten()
+        keep = topk_keep(channel_score, max(a.sparsity, b.sparsity) * progress)
+        masks[a.name] = {"weight": keep[:, None].expand_as(a.module.weight).clone()}
+        masks[b.name] = {"weight": keep[None, :].expand_as(b.module.weight).clone()}
     return masks
 
 

@@ -11,6 +11,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from operator import attrgetter
 
 import torch
 from torch import nn
@@ -228,16 +229,9 @@ def _shrink_ffn(layer: nn.Module, table: FamilyTable, family: str, kept: Sequenc
     if removed.numel() == 0:
         return
     act_name = FFN_ACTIVATION.get(family)
-    fold_dead_channels(ffn_in, ffn_out, removed, getattr_path(layer, act_name) if act_name else None)
+    fold_dead_channels(ffn_in, ffn_out, removed, attrgetter(act_name)(layer) if act_name else None)
     layer.set_submodule(table.ffn_in, prune_linear(ffn_in, keep, 0))
     layer.set_submodule(table.ffn_out, prune_linear(ffn_out, keep, 1))
-
-
-def getattr_path(root: object, path: str):
-    """`root.a.b.c` for path 'a.b.c' (attributes, not only submodules: activations may be functions)."""
-    for part in path.split("."):
-        root = getattr(root, part)
-    return root
 
 
 def _layer_list_name(model: nn.Module, st: ModelStructure) -> str:

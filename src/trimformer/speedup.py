@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from operator import attrgetter
 
 import torch
 from torch import nn
@@ -22,7 +23,6 @@ from trimformer.shrink import (
     attached_masks,
     compare_outputs,
     fold_dead_channels,
-    getattr_path,
     model_output,
     prune_linear,
     record_shapes,
@@ -121,7 +121,7 @@ class ModelSpeedup:
             prefix = match.group(1)
             try:
                 consumer = self.module.get_submodule(prefix + table.ffn_out)
-                act = getattr_path(self.module.get_submodule(prefix[:-1]), FFN_ACTIVATION[fam])
+                act = attrgetter(FFN_ACTIVATION[fam])(self.module.get_submodule(prefix[:-1]))
             except AttributeError:
                 continue
             if isinstance(consumer, nn.Linear):
