@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
-import trimformer.shrink as shrink_mod
 from tests.models import tiny_batch, tiny_bert, tiny_distilbert, tiny_roberta
 from trimformer.masks import MaskDict, apply_masks
 from trimformer.shrink import (
@@ -19,6 +20,9 @@ from trimformer.shrink import (
     shrink,
 )
 from trimformer.structure import model_structure
+
+# `trimformer.shrink` the attribute is the function; the module is reached through importlib.
+shrink_mod = importlib.import_module("trimformer.shrink")
 
 FAMILIES = {"bert": tiny_bert, "roberta": tiny_roberta, "distilbert": tiny_distilbert}
 
@@ -207,3 +211,11 @@ def test_bad_mask_shape_changes_nothing():
     with pytest.raises(ValueError, match="has shape"):
         shrink(model, {name: {"weight": torch.zeros(64, 1)}})
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_top_level_names():
+    import trimformer
+
+    for name in ("shrink", "save_pruned", "load_pruned", "ModelSpeedup", "MovementPruner", "TaylorFOWeightPruner",
+                 "TorchEvaluator", "LevelPruner", "L1NormPruner", "L2NormPruner"):
+        assert callable(getattr(trimformer, name)), name
