@@ -42,11 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int)
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --output-dir")
     run.add_argument("--max-seq-length", type=int)
-    run.add_argument("--per-device-train-batch-size", "--train-batch-size", dest="train_batch_size", type=int)
+    run.add_argument("--train-batch-size", type=int, help="global batch (split across processes)")
+    run.add_argument("--per-device-train-batch-size", type=int, help="batch per process (global = this x processes)")
     run.add_argument("--per-device-eval-batch-size", "--eval-batch-size", dest="eval_batch_size", type=int)
     run.add_argument("--max-train-samples", type=int)
     run.add_argument("--max-eval-samples", type=int)
     run.add_argument("--regular-scale", type=float, help="soft movement's penalty weight (attention stage)")
+    run.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ...")
+    run.add_argument("--bf16", action="store_true", help="bf16 autocast while training (GPUs)")
+    run.add_argument("--target-speedup", type=float,
+                     help="choose heads and FFN width per layer so the measured CPU speedup is this")
     run.add_argument("overrides", nargs="*", help="recipe overrides as key=value, e.g. attention.sparsity=0.6")
     ev = sub.add_parser("eval", help="evaluate a saved model on a GLUE dev set")
     ev.add_argument("model_dir")
@@ -85,23 +90,43 @@ def cmd_run(args: argparse.Namespace) -> int:
                       ("max_eval_samples", "max_eval_samples"), ("regular_scale", "attention.regular_scale")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
+    if args.per_device_train_batch_size is not None:
+        import os
+
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        overrides.append(f"train_batch_size={args.per_device_train_batch_size * processes}")
     recipe = load_recipe(args.recipe, overrides)
     output_dir = Path(args.output_dir or f"runs/{args.task.lower().replace('-', '')}")
-    if output_dir.exists() and any(output_dir.iterdir()) and not args.resume:
+    if output_dir.exists() and any(output_dir.iterdir()) and not args.resume and not _is_other_rank():
         raise UsageError(f"output folder {output_dir} is not empty: pass --resume to continue it, "
                          "or choose another --output-dir")
     model = args.model or default_model()
     options = RunOptions(model=model, task=args.task, output_dir=output_dir, recipe=recipe, glue_dir=args.glue_dir,
-                         resume=args.resume)
+                         resume=args.resume, target_speedup=args.target_speedup, device=args.device, bf16=args.bf16)
+    if args.target_speedup is not None and args.target_speedup <= 1:
+        raise UsageError(f"--target-speedup must be above 1, got {args.target_speedup}")
     data = load_data(options)  # data errors surface here, before any training
-    setup_logging(output_dir / "run.log")
-    (output_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
+    from trimformer import dist
+
+    if dist.launched():
+        dist.accelerator()  # sets up the process group before any stage
+    setup_logging(output_dir / "run.log" if dist.is_main() else None)
+    dist.on_main(lambda: (output_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2)))
     run = Run(options, data)
     run.run_stages()
+    if not dist.is_main():
+        return 0  # the report (and its latency measurement) is the main process's job
     report = summarize(run)
     print(Path(output_dir / "report.md").read_text())
     print(f"model: {report.model_dir}\nreport: {output_dir / 'report.json'}")
     return 0
+
+
+def _is_other_rank() -> bool:
+    """A non-main process of a launched run (before the process group exists)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) != 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trimformer import glue
+from trimformer import dist, glue
 from trimformer.distill import compute_teacher_logits, load_teacher_logits, save_teacher_logits
 from trimformer.io import load_pruned, save_pruned
 from trimformer.masks import load_masks, save_masks
@@ -44,6 +44,9 @@ class RunOptions:
     recipe: Recipe
     glue_dir: str | None = None
     resume: bool = False
+    target_speedup: float | None = None
+    device: str = "auto"  # auto: the process's accelerator device (a GPU if there is one), else CPU
+    bf16: bool = False  # bf16 autocast for training on GPUs
 
 
 @dataclass
@@ -77,6 +80,15 @@ def load_data(options: RunOptions) -> RunData:
     return RunData(task, tokenizer, glue.make_collator(tokenizer), enc(train), {k: enc(v) for k, v in dev.items()})
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto': under a launcher, the process's accelerator device; else CUDA if present, else CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if dist.launched():
+        return dist.accelerator().device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class Run:
     """One pipeline run; each `stage_*` method reads the previous stage's outputs from disk."""
 
@@ -84,6 +96,7 @@ class Run:
         self.options, self.data, self.recipe = options, data, options.recipe
         self.out = Path(options.output_dir)
         self.task = data.task
+        self.device = resolve_device(options.device)
 
     def stage_dir(self, stage: str) -> Path:
         return self.out / "stages" / stage
@@ -93,7 +106,7 @@ class Run:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        return evaluate(model, self.task, self.data.dev, self.data.collate, self.recipe.eval_batch_size)
+        return evaluate(model, self.task, self.data.dev, self.data.collate, self.recipe.eval_batch_size, self.device)
 
     def settings(self, section, distill: bool = False, seed_offset: int = 0, **extra) -> TrainSettings:
         r = self.recipe
@@ -102,15 +115,16 @@ class Run:
                              lr=section.lr, warmup_ratio=section.warmup_ratio, distill=distill,
                              alpha=getattr(section, "alpha", 0.1) if kd else 0.1,
                              temperature=getattr(section, "temperature", 2.0) if kd else 2.0,
-                             seed=r.seed + seed_offset, checkpoint_every=r.checkpoint_every, **extra)
+                             seed=r.seed + seed_offset, checkpoint_every=r.checkpoint_every,
+                             bf16=self.options.bf16, **extra)
 
     def teacher_set(self) -> glue.GlueDataset:
         logits = load_teacher_logits(self.out / "teacher_logits.safetensors", expected_rows=len(self.data.train))
         return self.data.train.with_teacher_logits(logits)
 
     def finish(self, stage: str, start: float, metrics: dict[str, float], **extra) -> None:
-        write_json(self.stage_dir(stage) / "done.json",
-                   {"stage": stage, "seconds": time.perf_counter() - start, "metrics": metrics, **extra})
+        record = {"stage": stage, "seconds": time.perf_counter() - start, "metrics": metrics, **extra}
+        dist.on_main(lambda: write_json(self.stage_dir(stage) / "done.json", record))
         log.info("stage %s done: %s", stage, metrics)
 
     # -- stages ---------------------------------------------------------------------------------
@@ -119,20 +133,22 @@ class Run:
 
         start = time.perf_counter()
         torch.manual_seed(self.recipe.seed)
-        model = AutoModelForSequenceClassification.from_pretrained(self.options.model,
-                                                                   num_labels=self.task.num_labels)
+        # float32 master weights whatever the checkpoint's dtype (bf16 is an autocast choice, not storage).
+        model = AutoModelForSequenceClassification.from_pretrained(
+            self.options.model, num_labels=self.task.num_labels, dtype=torch.float32).to(self.device)
         result = fit(model, self.task, self.data.train, self.data.collate,
                      self.settings(self.recipe.finetune, keep_best=True), evaluate_fn=self.evaluate,
                      main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir("finetune") / "checkpoint",
-                     desc="finetune")
-        logits = compute_teacher_logits(model, self.data.train, self.data.collate, self.recipe.eval_batch_size)
-        save_teacher_logits(logits, self.out / "teacher_logits.safetensors")
-        save_pruned(model, self.stage_dir("finetune") / "model", tokenizer=self.data.tokenizer)
+                     device=self.device, desc="finetune")
+        logits = compute_teacher_logits(model, self.data.train, self.data.collate, self.recipe.eval_batch_size,
+                                        device=self.device)
+        dist.on_main(lambda: save_teacher_logits(logits, self.out / "teacher_logits.safetensors"))
+        dist.on_main(lambda: save_pruned(model, self.stage_dir("finetune") / "model", tokenizer=self.data.tokenizer))
         self.finish("finetune", start, result.metrics)
 
     def stage_attention(self) -> None:
         start, section = time.perf_counter(), self.recipe.attention
-        model = load_pruned(self.stage_dir("finetune") / "model")
+        model = load_pruned(self.stage_dir("finetune") / "model", self.device)
         structure = model_structure(model)
         names = [n for layer in structure.layers for n in layer.attention_linears]
         settings = self.settings(section, distill=section.distill)
@@ -149,28 +165,34 @@ class Run:
                      main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir("attention") / "checkpoint",
                      on_optimizer=lambda opt: opt.register_step_post_hook(lambda *_: engine.step()),
                      extra_loss=engine.regularization_loss,
-                     extra_state=(engine.state_tensors, engine.load_state_tensors), desc="attention")
+                     extra_state=(engine.state_tensors, engine.load_state_tensors), device=self.device,
+                     desc="attention")
         engine.pruner.show_pruned_weights(log.info)
-        save_masks(engine.pruner.masks, self.stage_dir("attention") / "masks.safetensors")
+        masks = engine.pruner.masks
+        dist.check_identical({n: m["weight"] for n, m in masks.items()}, "the attention masks")
+        dist.on_main(lambda: save_masks(masks, self.stage_dir("attention") / "masks.safetensors"))
         self.finish("attention", start, result.metrics)
 
     def stage_heads(self) -> None:
         start = time.perf_counter()
-        model = load_pruned(self.stage_dir("finetune") / "model")
+        model = load_pruned(self.stage_dir("finetune") / "model", self.device)
         masks = load_masks(self.stage_dir("attention") / "masks.safetensors")
         plan = shrink(model, masks, restore_partial=self.recipe.heads.restore_partial,
                       drop_empty_layers=self.recipe.heads.drop_empty_layers)
-        save_pruned(model, self.stage_dir("heads") / "model", tokenizer=self.data.tokenizer, plan=plan)
+        dist.on_main(lambda: save_pruned(model, self.stage_dir("heads") / "model", tokenizer=self.data.tokenizer,
+                                         plan=plan))
         self.finish("heads", start, self.evaluate(model), heads_per_layer=[len(lp.heads_kept) for lp in plan.layers
                                                                            if not lp.dropped])
 
     def _distil(self, stage: str, source: str, section: Distil) -> None:
         start = time.perf_counter()
-        model = load_pruned(self.stage_dir(source) / "model")
+        model = load_pruned(self.stage_dir(source) / "model", self.device)
         result = fit(model, self.task, self.teacher_set(), self.data.collate,
                      self.settings(section, distill=True, keep_best=True), evaluate_fn=self.evaluate,
-                     main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir(stage) / "checkpoint", desc=stage)
-        save_pruned(model, self.stage_dir(stage) / "model", tokenizer=self.data.tokenizer)
+                     main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir(stage) / "checkpoint",
+                     device=self.device, desc=stage)
+        dist.check_identical(model.state_dict(), f"the weights after {stage}")
+        dist.on_main(lambda: save_pruned(model, self.stage_dir(stage) / "model", tokenizer=self.data.tokenizer))
         self.finish(stage, start, result.metrics)
 
     def stage_distil(self) -> None:
@@ -193,7 +215,7 @@ class Run:
         start, section, folder = time.perf_counter(), self.recipe.ffn, self.stage_dir("ffn")
         progress_file = folder / "progress.json"
         done_rounds = json.loads(progress_file.read_text())["round"] if progress_file.is_file() else 0
-        model = load_pruned(folder / "round_model" if done_rounds else self.stage_dir("distil") / "model")
+        model = load_pruned(folder / "round_model" if done_rounds else self.stage_dir("distil") / "model", self.device)
         base = self.settings(section, distill=True)
         steps_per_epoch = -(-len(self.data.train) // base.batch_size)
         total = base.max_steps or max(section.rounds, round(base.epochs * steps_per_epoch))
@@ -208,26 +230,54 @@ class Run:
             lr = section.lr * (1 - r / section.rounds)
             fit(model, self.task, teacher_set, self.data.collate,
                 TrainSettings(max_steps=gather, batch_size=base.batch_size, lr=lr, distill=True, alpha=section.alpha,
-                              temperature=section.temperature, seed=base.seed + 7919 * (r + 1)),
+                              temperature=section.temperature, seed=base.seed + 7919 * (r + 1), bf16=base.bf16),
+                device=self.device,
                 on_optimizer=lambda opt, p=pruner: opt.register_step_pre_hook(lambda *_: p.taylor.accumulate()),
                 desc=f"ffn round {r + 1}/{section.rounds}: scores")
             masks = pruner.compute_masks(1.0)
+            dist.check_identical({n: m["weight"] for n, m in masks.items()}, f"the FFN masks of round {r + 1}")
             shrink(model, masks)
             if per_round > gather:
                 fit(model, self.task, teacher_set, self.data.collate,
                     TrainSettings(max_steps=per_round - gather, batch_size=base.batch_size, lr=lr, distill=True,
                                   alpha=section.alpha, temperature=section.temperature,
-                                  seed=base.seed + 7919 * (r + 1) + 1), desc=f"ffn round {r + 1}/{section.rounds}")
-            save_pruned(model, folder / "round_model", tokenizer=self.data.tokenizer)
-            write_json(progress_file, {"round": r + 1, "targets": targets})
+                                  seed=base.seed + 7919 * (r + 1) + 1, bf16=base.bf16),
+                    device=self.device, desc=f"ffn round {r + 1}/{section.rounds}")
+            dist.on_main(lambda: save_pruned(model, folder / "round_model", tokenizer=self.data.tokenizer))
+            dist.on_main(lambda r=r: write_json(progress_file, {"round": r + 1, "targets": targets}))
             log.info("ffn round %d/%d: widths %s", r + 1, section.rounds,
                      [model.get_submodule(n).out_features for n in targets])
-        save_pruned(model, folder / "model", tokenizer=self.data.tokenizer)
+        dist.on_main(lambda: save_pruned(model, folder / "model", tokenizer=self.data.tokenizer))
         self.finish("ffn", start, self.evaluate(model))
+
+    def apply_target(self) -> None:
+        """With a target speedup: measure shapes against the fine-tuned model once (saved in
+        target.json, so a resumed run reuses it) and set the attention and FFN sparsities."""
+        path = self.out / "target.json"
+        if not path.is_file():
+            from trimformer.target import choose_shape
+
+            dense = load_pruned(self.stage_dir("finetune") / "model")
+            if dist.is_main():
+                bench = self.recipe.bench
+                choice = choose_shape(dense, self.options.target_speedup, bench.batch_size, bench.seq_len,
+                                      bench.threads, repeats=max(3, bench.repeats // 2))
+                write_json(path, choice.to_dict())
+            dist.barrier()
+        choice = json.loads(path.read_text())
+        st = model_structure(load_pruned(self.stage_dir("finetune") / "model"))
+        self.recipe.attention.mode = "hard"
+        self.recipe.attention.sparsity = 1 - choice["heads"] / st.num_heads
+        self.recipe.ffn.rule = "fixed"
+        self.recipe.ffn.sparsity = 1 - choice["ffn"] / st.intermediate_size
+        log.info("target x%.2f: %d heads and %d FFN channels per layer (measured x%.2f)",
+                 choice["target_speedup"], choice["heads"], choice["ffn"], choice["measured_speedup"])
 
     def run_stages(self) -> None:
         """Run every unfinished stage in order."""
         for stage in STAGES:
+            if stage == "attention" and self.options.target_speedup is not None:
+                self.apply_target()
             if self.done(stage) is not None:
                 log.info("stage %s already done; skipping", stage)
                 continue

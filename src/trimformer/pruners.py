@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from trimformer import dist
 from trimformer.allocate import Block, allocate, block_reduce, resolve_block, topk_keep
 from trimformer.config import GranularitySpec
 from trimformer.masks import MaskDict, apply_masks, current_masks, masks_sparsity, remove_masks
@@ -64,7 +65,8 @@ class Pruner:
     # -- plan ---------------------------------------------------------------------------------
     def compute_masks(self, progress: float = 1.0) -> MaskDict:
         """Masks at `progress` (0..1) of the configured sparsity, from the current scores."""
-        scores = {t.name: block_reduce(self.importance(t), self.blocks[t.name]) for t in self.targets}
+        # Block scores are small: rank them on the CPU, so masks are CPU tensors whatever the device.
+        scores = {t.name: block_reduce(self.importance(t), self.blocks[t.name]).float().cpu() for t in self.targets}
         masks = allocate(self.targets, scores, self.blocks, sparsity_scale=progress)
         if self.head_units:
             masks.update(self._head_masks(progress))
@@ -86,7 +88,7 @@ class Pruner:
                 raise ValueError("head_units needs a per-layer sparsity on the attention linears")
             rows = [self.importance(by_name[n]).sum(1) for n in (layer.query, layer.key, layer.value)]
             cols = self.importance(by_name[layer.attn_out]).sum(0)
-            head_score = sum(r.reshape(-1, hd).sum(1) for r in rows) + cols.reshape(-1, hd).sum(1)
+            head_score = (sum(r.reshape(-1, hd).sum(1) for r in rows) + cols.reshape(-1, hd).sum(1)).float().cpu()
             keep = topk_keep(head_score, sparsity * progress).repeat_interleave(hd)
             for n in (layer.query, layer.key, layer.value):
                 masks[n] = {"weight": keep[:, None].expand_as(by_name[n].module.weight).clone().float()}
@@ -226,6 +228,7 @@ class MovementEngine:
 
     def step(self) -> None:
         """After the model's optimiser step: update scores, then masks."""
+        dist.average_grads(p.scores for p in self.params.values())  # same scores on every rank
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1

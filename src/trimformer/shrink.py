@@ -352,7 +352,8 @@ def _zero_removed(model: nn.Module, plan: ShrinkPlan) -> None:
         for name, dim, index in ((ls.query, 0, rows), (ls.key, 0, rows), (ls.value, 0, rows),
                                  (ls.attn_out, 1, rows), (ls.ffn_in, 0, ffn), (ls.ffn_out, 1, ffn)):
             if index.numel():
-                model.get_submodule(name).weight.index_fill_(dim, index, 0.0)
+                weight = model.get_submodule(name).weight
+                weight.index_fill_(dim, index.to(weight.device), 0.0)
 
 
 def shrink(model: nn.Module, masks: MaskDict | None = None, *, check: bool = True, example_inputs=None,
@@ -367,6 +368,16 @@ def shrink(model: nn.Module, masks: MaskDict | None = None, *, check: bool = Tru
     `example_inputs` (default: `default_inputs`) differ by more than `atol`; the model is then left
     as shrunk, for inspection.
     """
+    # Plans and index arithmetic live on the CPU; a model on an accelerator is shrunk there and moved back
+    # (a few hundred MB at most for encoder models, and every shrunk Linear is new anyway).
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        model.to("cpu")
+        try:
+            return shrink(model, masks, check=check, example_inputs=example_inputs, restore_partial=restore_partial,
+                          drop_empty_layers=drop_empty_layers, atol=atol)
+        finally:
+            model.to(device)
     merged = attached_masks(model)
     for name, tensors in (masks or {}).items():
         for tensor_name, mask in tensors.items():

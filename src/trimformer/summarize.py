@@ -27,7 +27,7 @@ def summarize(run: Run) -> RunReport:
     shutil.copytree(run.stage_dir("final_distil") / "model", final_dir)
     dense = load_pruned(run.stage_dir("finetune") / "model")
     pruned = load_pruned(final_dir)
-    pruned_metrics = run.evaluate(pruned)
+    pruned_metrics = run.evaluate(load_pruned(final_dir, run.device))  # latency below is always on the CPU
     bench = recipe.bench
     speedups: dict[str, float] = {}
     latency = None
@@ -61,5 +61,13 @@ def summarize(run: Run) -> RunReport:
         points=points, extra={"recipe": recipe.name, "bench_batch_size": bench.batch_size,
                               "bench_seq_len": bench.seq_len, "bench_repeats": bench.repeats},
     )
+    target = out / "target.json"
+    if target.is_file():
+        import json
+
+        choice = json.loads(target.read_text())
+        report.extra.update({"target_speedup": choice["target_speedup"], "target_heads": choice["heads"],
+                             "target_ffn": choice["ffn"], "calibrated_speedup": choice["measured_speedup"],
+                             "achieved_over_target": latency.speedup / choice["target_speedup"]})
     write_report(report, out)
     return report

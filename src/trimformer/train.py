@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from trimformer import dist
 from trimformer.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from trimformer.distill import kd_loss
 from trimformer.glue import TaskSpec
@@ -44,6 +45,7 @@ class TrainSettings:
     seed: int = 1024
     checkpoint_every: int = 100
     keep_best: bool = False  # evaluate at each epoch end and keep the best weights
+    bf16: bool = False  # autocast the forward to bfloat16 (GPUs); optimiser state stays float32
 
 
 @dataclass
@@ -59,10 +61,13 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
 
-def epoch_loader(dataset: Dataset, batch_size: int, collate: Callable, seed: int, epoch: int) -> DataLoader:
-    """A shuffled loader whose order depends only on (seed, epoch)."""
+def epoch_batches(dataset: Dataset, batch_size: int, collate: Callable, seed: int, epoch: int, skip: int = 0):
+    """Shuffled batches whose order depends only on (seed, epoch); under several processes each
+    rank gets its contiguous share of every global batch, so N processes see what one would."""
     generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)
+    order = torch.randperm(len(dataset), generator=generator).tolist()
+    for start in range(skip * batch_size, len(order), batch_size):
+        yield collate([dataset[i] for i in dist.shard(order[start:start + batch_size])])
 
 
 def task_loss(task: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -121,6 +126,9 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     if on_optimizer is not None:
         on_optimizer(optimizer)
+    # Several processes: DDP (through accelerate) averages parameter gradients; `model` stays the
+    # plain module that pruners, checkpoints and evaluation use.
+    forward = dist.accelerator().prepare_model(model) if dist.world_size() > 1 else model
     step, best, best_state = 0, None, None
     if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
         state = load_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -134,14 +142,14 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
     start = time.perf_counter()
     metrics: dict[str, float] = {}
     model.train()
-    bar = tqdm(total=total, initial=step, desc=desc, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=desc, leave=False, dynamic_ncols=True, disable=not dist.is_main())
     while step < total:
         epoch, skip = divmod(step, steps_per_epoch)
-        for index, batch in enumerate(epoch_loader(train_set, settings.batch_size, collate, settings.seed, epoch)):
-            if index < skip:
-                continue  # already trained before the checkpoint
+        # `skip`: the batches of this epoch already trained before the checkpoint.
+        for batch in epoch_batches(train_set, settings.batch_size, collate, settings.seed, epoch, skip):
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(**model_inputs(batch)).logits
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=settings.bf16):
+                logits = forward(**model_inputs(batch)).logits.float()
             if settings.distill and "teacher_logits" in batch:
                 loss = kd_loss(logits, batch["teacher_logits"], batch["labels"], alpha=settings.alpha,
                                temperature=settings.temperature, regression=task.is_regression)
@@ -167,8 +175,10 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
                 extra = {f"best.{k}": v for k, v in (best_state or {}).items()}
                 if extra_state is not None:
                     extra.update({f"extra.{k}": v for k, v in extra_state[0]().items()})
-                save_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                                extra_tensors=extra, extra_meta={"best": best})
+                if dist.is_main():
+                    save_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+                                    step=step, extra_tensors=extra, extra_meta={"best": best})
+                dist.barrier()
             if step >= total:
                 break
     bar.close()
