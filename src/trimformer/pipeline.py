@@ -116,7 +116,7 @@ class Run:
                              alpha=getattr(section, "alpha", 0.1) if kd else 0.1,
                              temperature=getattr(section, "temperature", 2.0) if kd else 2.0,
                              seed=r.seed + seed_offset, checkpoint_every=r.checkpoint_every,
-                             bf16=self.options.bf16, **extra)
+                             bf16=self.options.bf16, eval_every=section.eval_every, **extra)
 
     def teacher_set(self) -> glue.GlueDataset:
         logits = load_teacher_logits(self.out / "teacher_logits.safetensors", expected_rows=len(self.data.train))

@@ -26,6 +26,7 @@ class StageTrain(_Strict):
     max_steps: int | None = Field(None, gt=0)
     lr: float = Field(3e-5, gt=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    eval_every: int | None = Field(None, ge=1)  # stages that keep their best weights also evaluate this often
 
 
 class Finetune(StageTrain):

@@ -204,7 +204,8 @@ def _write_plot(report: RunReport, path: Path) -> None:
         ax.plot([1.0], [dense], marker="*", markersize=14, color="tab:red", linestyle="none", label="dense")
     ax.set_xlabel("measured speedup (x)")
     ax.set_ylabel(report.main_metric)
-    ax.set_title(f"{report.task}: {report.model}", fontsize=10)
+    model_name = "/".join(Path(report.model).parts[-2:])  # a local path can be long; its tail names it
+    ax.set_title(f"{report.task}: {model_name}", fontsize=10)
     ax.margins(x=0.12, y=0.12)  # room for the stage labels at the edges
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

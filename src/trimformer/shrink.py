@@ -7,10 +7,9 @@ place; `shrink` does both and checks the shrunk model against the masked one on 
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from operator import attrgetter
 
 import torch
@@ -20,6 +19,14 @@ from transformers.initialization import no_init_weights
 from transformers.pytorch_utils import prune_linear_layer
 
 from trimformer.masks import MaskDict, find_mask_param, remove_masks
+from trimformer.plan import (  # noqa: F401  (re-exported: the public names live here too)
+    EmptyAttention,
+    LayerPlan,
+    ShrinkPlan,
+    layer_counts,
+    layer_shapes,
+    plan_from_masks,
+)
 from trimformer.structure import FamilyTable, ModelStructure, model_structure
 
 # The FFN activation, relative to a layer: needed to fold a removed channel's constant output
@@ -29,136 +36,6 @@ FFN_ACTIVATION = {"bert": "intermediate.intermediate_act_fn", "distilbert": "ffn
 
 class ShrinkCheckError(RuntimeError):
     """The shrunk model does not compute what the masked model computed."""
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    """Kept head and FFN-channel indices of one layer, relative to its modules when planned."""
-
-    heads_kept: tuple[int, ...]
-    ffn_kept: tuple[int, ...]
-    dropped: bool = False
-
-    def __post_init__(self):
-        object.__setattr__(self, "heads_kept", tuple(int(i) for i in self.heads_kept))
-        object.__setattr__(self, "ffn_kept", tuple(int(i) for i in self.ffn_kept))
-
-
-@dataclass(frozen=True)
-class ShrinkPlan:
-    """What to keep in every layer; `num_heads`/`head_dim` are the dense model's."""
-
-    family: str
-    num_heads: int
-    head_dim: int
-    layers: tuple[LayerPlan, ...]
-
-    def __post_init__(self):
-        object.__setattr__(self, "layers", tuple(self.layers))
-
-    def heads_per_layer(self) -> list[int]:
-        """Head counts of the layers that remain after applying the plan."""
-        return [len(lp.heads_kept) for lp in self.layers if not lp.dropped]
-
-    def ffn_per_layer(self) -> list[int]:
-        """FFN widths of the layers that remain after applying the plan."""
-        return [len(lp.ffn_kept) for lp in self.layers if not lp.dropped]
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["layers"] = [{**lp, "heads_kept": list(lp["heads_kept"]), "ffn_kept": list(lp["ffn_kept"])}
-                       for lp in d["layers"]]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ShrinkPlan:
-        try:
-            layers = tuple(LayerPlan(lp["heads_kept"], lp["ffn_kept"], bool(lp.get("dropped", False)))
-                           for lp in d["layers"])
-            return cls(str(d["family"]), int(d["num_heads"]), int(d["head_dim"]), layers)
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"not a ShrinkPlan: {err!r}") from err
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> ShrinkPlan:
-        return cls.from_dict(json.loads(text))
-
-
-class EmptyAttention(nn.Module):
-    """Stands in for a self-attention with no heads left: its output has zero width.
-
-    BERT's attention output projection (outside this module) then becomes Linear(0, hidden), whose
-    output is its bias, which is what the masked model computes. For DistilBERT the projection
-    lives inside the attention module, so it is kept here under its own name (`out`).
-    """
-
-    def __init__(self, heads_attr: str, width_attrs: Sequence[str], out_name: str | None = None,
-                 out: nn.Linear | None = None):
-        super().__init__()
-        for attr in (heads_attr, *width_attrs):
-            setattr(self, attr, 0)
-        self.out_name = out_name
-        if out_name is not None:
-            self.add_module(out_name, out)
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
-        empty = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
-        if self.out_name is not None:
-            return getattr(self, self.out_name)(empty), None
-        return empty, None
-
-
-def layer_counts(layer: nn.Module, table: FamilyTable, head_dim: int) -> tuple[int, int]:
-    """(heads, FFN width) of one layer as its modules are now."""
-    if isinstance(layer.get_submodule(table.attention), EmptyAttention):
-        heads = 0
-    else:
-        heads = layer.get_submodule(table.query).weight.shape[0] // head_dim
-    return heads, layer.get_submodule(table.ffn_in).weight.shape[0]
-
-
-def layer_shapes(model: nn.Module) -> list[tuple[int, int]]:
-    """(heads, FFN width) of every layer of a supported transformers model, as its modules are now."""
-    st = model_structure(model)
-    return [layer_counts(model.get_submodule(ls.prefix[:-1]), st.table, st.head_dim) for ls in st.layers]
-
-
-def _alive(masks: MaskDict, name: str, dim: int, units: int) -> torch.Tensor | None:
-    """Per unit along `dim` (rows 0 / columns 1): does the weight mask keep anything? None: no mask."""
-    mask = masks.get(name, {}).get("weight")
-    if mask is None:
-        return None
-    mask = mask.ne(0)
-    per_index = mask.any(dim=1 - dim)
-    if per_index.numel() % units:
-        raise ValueError(f"mask of {name}: {per_index.numel()} entries on dim {dim}, not k * {units}")
-    return per_index.view(units, -1).any(dim=1).cpu()
-
-
-def plan_from_masks(model: nn.Module, masks: MaskDict, drop_empty_layers: bool = False) -> ShrinkPlan:
-    """Which heads/channels the masks remove entirely (a unit with no mask at all is kept).
-
-    A head goes when its q, k, v rows and its attention-output columns are all masked; an FFN
-    channel goes when every mask present on it (the first linear's row, the second's column) is zero.
-    """
-    st = model_structure(model)
-    layers = []
-    for ls in st.layers:
-        n_heads, n_ffn = layer_counts(model.get_submodule(ls.prefix[:-1]), st.table, st.head_dim)
-        heads = list(range(n_heads))
-        if n_heads:
-            alive = [_alive(masks, ls.query, 0, n_heads), _alive(masks, ls.key, 0, n_heads),
-                     _alive(masks, ls.value, 0, n_heads), _alive(masks, ls.attn_out, 1, n_heads)]
-            if all(a is not None for a in alive):
-                heads = torch.stack(alive).any(0).nonzero().flatten().tolist()
-        present = [a for a in (_alive(masks, ls.ffn_in, 0, n_ffn), _alive(masks, ls.ffn_out, 1, n_ffn))
-                   if a is not None]
-        ffn = torch.stack(present).any(0).nonzero().flatten().tolist() if present else list(range(n_ffn))
-        layers.append(LayerPlan(heads, ffn, drop_empty_layers and not heads))
-    return ShrinkPlan(st.family, st.num_heads, st.head_dim, tuple(layers))
 
 
 def prune_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:

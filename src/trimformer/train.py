@@ -44,7 +44,8 @@ class TrainSettings:
     temperature: float = 2.0
     seed: int = 1024
     checkpoint_every: int = 100
-    keep_best: bool = False  # evaluate at each epoch end and keep the best weights
+    keep_best: bool = False  # evaluate at each epoch end (and every `eval_every` steps); keep the best weights
+    eval_every: int | None = None
     bf16: bool = False  # autocast the forward to bfloat16 (GPUs); optimiser state stays float32
 
 
@@ -147,7 +148,8 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
         epoch, skip = divmod(step, steps_per_epoch)
         # `skip`: the batches of this epoch already trained before the checkpoint.
         for batch in epoch_batches(train_set, settings.batch_size, collate, settings.seed, epoch, skip):
-            batch = {k: v.to(device) for k, v in batch.items()}
+            on_gpu = torch.device(device).type == "cuda"  # pinned host memory lets the copy overlap compute
+            batch = {k: (v.pin_memory() if on_gpu else v).to(device, non_blocking=on_gpu) for k, v in batch.items()}
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=settings.bf16):
                 logits = forward(**model_inputs(batch)).logits.float()
             if settings.distill and "teacher_logits" in batch:
@@ -165,7 +167,8 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", **({main_metric: f"{best:.4f}"} if best is not None else {}))
             epoch_end = step % steps_per_epoch == 0 or step == total
-            if evaluate_fn is not None and settings.keep_best and epoch_end:
+            due = epoch_end or (settings.eval_every is not None and step % settings.eval_every == 0)
+            if evaluate_fn is not None and settings.keep_best and due:
                 metrics = evaluate_fn(model)
                 if best is None or metrics[main_metric] > best:
                     best = metrics[main_metric]
