@@ -76,3 +76,18 @@ def test_eval_and_bench_commands(finished_run, capsys):
     bench = json.loads(capsys.readouterr().out)
     assert bench["params"]["model"] == report["params_after"]
     assert bench["flops"]["ratio"] > 1 and bench["speedup"] > 0
+
+
+def test_stop_after_then_resume_with_a_stage_switched_off(tmp_path):
+    glue_dir = write_sst2(tmp_path / "glue")
+    model_dir = write_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out"
+    common = ["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe", "smoke",
+              "--output-dir", str(out), *TINY_OVERRIDES]
+    assert main([*common, "--stop-after", "finetune"]) == 0
+    assert (out / "stages" / "finetune" / "done.json").is_file()
+    assert not (out / "stages" / "attention").exists() and not (out / "report.json").exists()
+    assert main([*common, "--resume", "final_distil.enabled=false"]) == 0
+    done = json.loads((out / "stages" / "final_distil" / "done.json").read_text())
+    ffn = json.loads((out / "stages" / "ffn" / "done.json").read_text())
+    assert done["skipped"] is True and done["metrics"] == ffn["metrics"]  # the FFN model passed through

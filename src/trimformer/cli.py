@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-train-samples", type=int)
     run.add_argument("--max-eval-samples", type=int)
     run.add_argument("--regular-scale", type=float, help="soft movement's penalty weight (attention stage)")
+    run.add_argument("--stop-after", choices=("finetune", "attention", "heads", "distil", "ffn"),
+                     help="stop after this stage (continue later with --resume)")
     run.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ...")
     run.add_argument("--bf16", action="store_true", help="bf16 autocast while training (GPUs)")
     run.add_argument("--target-speedup", type=float,
@@ -113,7 +115,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(output_dir / "run.log" if dist.is_main() else None)
     dist.on_main(lambda: (output_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2)))
     run = Run(options, data)
-    run.run_stages()
+    run.run_stages(args.stop_after)
+    if args.stop_after is not None:
+        return 0  # no final model yet: nothing to report
     if not dist.is_main():
         return 0  # the report (and its latency measurement) is the main process's job
     report = summarize(run)

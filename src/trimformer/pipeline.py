@@ -187,6 +187,10 @@ class Run:
     def _distil(self, stage: str, source: str, section: Distil) -> None:
         start = time.perf_counter()
         model = load_pruned(self.stage_dir(source) / "model", self.device)
+        if not section.enabled:
+            dist.on_main(lambda: save_pruned(model, self.stage_dir(stage) / "model", tokenizer=self.data.tokenizer))
+            self.finish(stage, start, self.evaluate(model), skipped=True)
+            return
         result = fit(model, self.task, self.teacher_set(), self.data.collate,
                      self.settings(section, distill=True, keep_best=True), evaluate_fn=self.evaluate,
                      main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir(stage) / "checkpoint",
@@ -261,7 +265,7 @@ class Run:
             if dist.is_main():
                 bench = self.recipe.bench
                 choice = choose_shape(dense, self.options.target_speedup, bench.batch_size, bench.seq_len,
-                                      bench.threads, repeats=max(3, bench.repeats // 2))
+                                      bench.threads, repeats=bench.repeats)
                 write_json(path, choice.to_dict())
             dist.barrier()
         choice = json.loads(path.read_text())
@@ -273,13 +277,15 @@ class Run:
         log.info("target x%.2f: %d heads and %d FFN channels per layer (measured x%.2f)",
                  choice["target_speedup"], choice["heads"], choice["ffn"], choice["measured_speedup"])
 
-    def run_stages(self) -> None:
-        """Run every unfinished stage in order."""
+    def run_stages(self, stop_after: str | None = None) -> None:
+        """Run every unfinished stage in order (up to and including `stop_after`)."""
         for stage in STAGES:
             if stage == "attention" and self.options.target_speedup is not None:
                 self.apply_target()
             if self.done(stage) is not None:
                 log.info("stage %s already done; skipping", stage)
-                continue
-            log.info("stage %s", stage)
-            getattr(self, f"stage_{stage}")()
+            else:
+                log.info("stage %s", stage)
+                getattr(self, f"stage_{stage}")()
+            if stage == stop_after:
+                break

@@ -52,6 +52,7 @@ class Heads(_Strict):
 
 
 class Distil(StageTrain):
+    enabled: bool = True  # false: the stage passes its input model through unchanged
     epochs: float = Field(1.0, gt=0)
     alpha: float = Field(0.1, ge=0, le=1)
     temperature: float = Field(2.0, gt=0)

@@ -1,10 +1,12 @@
 """Prune to a measured latency target: "make it 3x faster" -> heads and FFN width per layer.
 
-Latency of an encoder whose every layer keeps a fraction r of its heads and FFN channels is
-close to affine in r: a fixed part (embeddings, classifier, layer norms) plus a part that
-shrinks with r. So 1 / speedup is affine in r. We measure the real speedup of a few shapes
-on this machine (random weights: latency does not depend on values), fit that line through
-the measurements, solve for the target, and measure the chosen shape once more to check.
+Latency is close to affine in the encoder's FLOPs: a fixed part (embeddings, layer norms,
+softmax, the classifier, framework overhead) plus a part proportional to the matrix work. So
+1 / speedup is affine in the kept FLOPs fraction x. We time a few uniform shapes against the
+dense model on this machine (random weights: latency does not depend on values; dense and cut
+interleaved in one process), fit that line by least squares, solve it for the target, turn the
+FLOPs fraction into heads and FFN width per layer, then time the chosen shape to check and
+refine once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import nn
 
 from trimformer.bench import compare_latency
 from trimformer.shrink import LayerPlan, ShrinkPlan, apply_plan
-from trimformer.structure import model_structure
+from trimformer.structure import ModelStructure, model_structure
 
 
 @dataclass(frozen=True)
@@ -27,14 +29,37 @@ class ShapeChoice:
     heads: int
     ffn: int
     measured_speedup: float
-    calibration: list[tuple[float, float]]  # (keep fraction, measured speedup)
+    calibration: list[tuple[float, float]]  # (kept encoder FLOPs fraction, measured speedup)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def layer_flops(st: ModelStructure, heads: int, ffn: int, seq_len: int) -> int:
+    """Multiply-adds x 2 of one encoder layer per sequence with `heads` heads and `ffn` channels."""
+    width = heads * st.head_dim
+    linears = 3 * st.hidden_size * width + width * st.hidden_size + 2 * st.hidden_size * ffn
+    return 2 * seq_len * linears + 2 * 2 * seq_len * seq_len * width
+
+
+def flops_fraction(st: ModelStructure, heads: int, ffn: int, seq_len: int) -> float:
+    """Encoder FLOPs of a uniform shape over the dense encoder's."""
+    return layer_flops(st, heads, ffn, seq_len) / layer_flops(st, st.num_heads, st.intermediate_size, seq_len)
+
+
+def shape_for_fraction(st: ModelStructure, fraction: float, seq_len: int, ffn_multiple: int = 1) -> tuple[int, int]:
+    """Heads and FFN width whose FLOPs fraction is closest to `fraction`: heads take the same
+    share as the FFN (rounded), then the FFN width absorbs the rounding."""
+    fraction = min(1.0, max(0.0, fraction))
+    heads = max(1, min(st.num_heads, round(st.num_heads * fraction)))
+    per_channel = 2 * seq_len * 2 * st.hidden_size
+    rest = fraction * layer_flops(st, st.num_heads, st.intermediate_size, seq_len) - layer_flops(st, heads, 0, seq_len)
+    ffn = round(rest / per_channel / ffn_multiple) * ffn_multiple
+    return heads, max(ffn_multiple, min(st.intermediate_size, ffn))
+
+
 def shape_of(model: nn.Module, keep: float, ffn_multiple: int = 1) -> tuple[int, int]:
-    """Heads and FFN width per layer for a keep fraction (at least one of each)."""
+    """Heads and FFN width per layer keeping a fraction `keep` of each (at least one of each)."""
     st = model_structure(model)
     heads = max(1, min(st.num_heads, round(st.num_heads * keep)))
     ffn = max(ffn_multiple, round(st.intermediate_size * keep / ffn_multiple) * ffn_multiple)
@@ -51,32 +76,40 @@ def shaped_copy(model: nn.Module, heads: int, ffn: int) -> nn.Module:
     return clone
 
 
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares of 1 / speedup = a + b * x."""
+    xs, ys = [p[0] for p in points], [1.0 / p[1] for p in points]
+    n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx > 0 and n > 1 else 1.0
+    return my - b * mx, b
+
+
 def choose_shape(model: nn.Module, target_speedup: float, batch_size: int = 32, seq_len: int = 128,
-                 threads: int | None = None, repeats: int = 5, ffn_multiple: int = 1) -> ShapeChoice:
+                 threads: int | None = None, repeats: int = 10, ffn_multiple: int = 1) -> ShapeChoice:
     """Pick the uniform shape whose measured speedup over `model` is closest to the target."""
     if target_speedup <= 1.0:
         raise ValueError(f"target speedup must be above 1, got {target_speedup}")
+    st = model_structure(model)
 
-    def measure(keep: float) -> tuple[int, int, float]:
-        heads, ffn = shape_of(model, keep, ffn_multiple)
+    def measure(heads: int, ffn: int) -> float:
         result = compare_latency(model, shaped_copy(model, heads, ffn), batch_size, seq_len, threads,
                                  warmup=1, repeats=repeats)
-        return heads, ffn, result.speedup
+        return result.speedup
 
-    st = model_structure(model)
     points: list[tuple[float, float]] = []
-    for keep in (0.5, 1.0 / target_speedup):
-        heads, ffn, speedup = measure(keep)
-        points.append((ffn / st.intermediate_size, speedup))
-    best = None
-    for _ in range(2):  # solve on the line through the two latest points, then check by measuring
-        (r1, s1), (r2, s2) = points[-2], points[-1]
-        slope = (1 / s2 - 1 / s1) / (r2 - r1) if r2 != r1 else 1.0
-        keep = r2 + (1 / target_speedup - 1 / s2) / slope if slope else r2
-        keep = min(1.0, max(1.0 / st.intermediate_size, keep))
-        heads, ffn, speedup = measure(keep)
-        points.append((ffn / st.intermediate_size, speedup))
-        if best is None or abs(speedup - target_speedup) < abs(best[2] - target_speedup):
-            best = (heads, ffn, speedup)
-    return ShapeChoice(target_speedup=target_speedup, heads=best[0], ffn=best[1], measured_speedup=best[2],
+    tried: dict[tuple[int, int], float] = {}
+    for fraction in (0.6, 0.35, min(0.9, 1.0 / target_speedup)):
+        shape = shape_for_fraction(st, fraction, seq_len, ffn_multiple)
+        tried[shape] = measure(*shape)
+        points.append((flops_fraction(st, *shape, seq_len), tried[shape]))
+    for _ in range(2):  # solve on the fitted line, time the answer, refit with it
+        a, b = _fit(points)
+        shape = shape_for_fraction(st, (1.0 / target_speedup - a) / b if b else 1.0 / target_speedup,
+                                   seq_len, ffn_multiple)
+        if shape not in tried:
+            tried[shape] = measure(*shape)
+            points.append((flops_fraction(st, *shape, seq_len), tried[shape]))
+    heads, ffn = min(tried, key=lambda s: abs(tried[s] - target_speedup))
+    return ShapeChoice(target_speedup=target_speedup, heads=heads, ffn=ffn, measured_speedup=tried[(heads, ffn)],
                        calibration=points)
