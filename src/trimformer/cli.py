@@ -182,7 +182,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides (key=value) may come anywhere among the flags, so collect the ones argparse left over.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [e for e in extra if e.startswith("-") or args.command != "run"]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "run":
+        args.overrides = [*args.overrides, *extra]
     handler = {"run": cmd_run, "eval": cmd_eval, "bench": cmd_bench}[args.command]
     try:
         return handler(args)
