@@ -1,0 +1,47 @@
+"""Recipes: shipped ones load, overrides apply, mistakes are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from trimformer.config import ConfigError
+from trimformer.recipe import load_recipe, shipped_recipes
+
+
+def test_shipped_recipes_load():
+    assert {"default", "nni-bert-mnli", "smoke"} <= set(shipped_recipes())
+    for name in shipped_recipes():
+        assert load_recipe(name).name == name
+    nni = load_recipe("nni-bert-mnli")
+    # the seed's hyper-parameters
+    attention = (nni.attention.epochs, nni.attention.regular_scale, nni.attention.mode)
+    assert nni.finetune.epochs == 3 and attention == (4, 10, "soft")
+    assert (nni.distil.epochs, nni.ffn.rounds, nni.ffn.taylor_steps, nni.ffn.rule) == (5, 12, 2000, "tutorial")
+    assert (nni.distil.alpha, nni.distil.temperature) == (0.1, 2.0)
+
+
+def test_overrides_are_typed_and_nested():
+    recipe = load_recipe("smoke", ["attention.regular_scale=20", "seed=7", "max_train_samples=null"])
+    assert recipe.attention.regular_scale == 20.0 and recipe.seed == 7 and recipe.max_train_samples is None
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["attention.regular_scal=2"], "unknown key 'attention.regular_scal'"),
+    (["ffn.rounds=0"], "ffn.rounds"),
+    (["attention.mode=medium"], "attention.mode"),
+    (["seed"], "not key=value"),
+])
+def test_bad_overrides(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        load_recipe("smoke", overrides)
+
+
+def test_recipe_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: mine\nfinetune: {epochs: 1}\n")
+    assert load_recipe(str(path)).finetune.epochs == 1
+    path.write_text("finetune: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(str(path))
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        load_recipe(str(tmp_path / "missing.yaml"))
