@@ -212,7 +212,9 @@ class Run:
         targets = {}
         for layer, kept in zip(structure.layers, heads, strict=False):
             target = section.sparsity if section.rule == "fixed" else 1 - 0.5 * kept / structure.num_heads
-            targets[layer.ffn_in] = target
+            # A layer that lost every head would lose its whole FFN under the tutorial's rule (the tutorial
+            # drops such layers); keep one channel so the shapes stay valid.
+            targets[layer.ffn_in] = min(target, 1 - 1 / structure.intermediate_size)
         return targets
 
     def stage_ffn(self) -> None:
