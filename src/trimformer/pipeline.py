@@ -110,11 +110,10 @@ class Run:
 
     def settings(self, section, distill: bool = False, seed_offset: int = 0, **extra) -> TrainSettings:
         r = self.recipe
-        kd = isinstance(section, Distil) or hasattr(section, "alpha")
+        # Distil and FFN sections carry the KD mix; the others use the tutorial's (0.1, T=2) if distilling.
         return TrainSettings(epochs=section.epochs, max_steps=section.max_steps, batch_size=r.train_batch_size,
                              lr=section.lr, warmup_ratio=section.warmup_ratio, distill=distill,
-                             alpha=getattr(section, "alpha", 0.1) if kd else 0.1,
-                             temperature=getattr(section, "temperature", 2.0) if kd else 2.0,
+                             alpha=getattr(section, "alpha", 0.1), temperature=getattr(section, "temperature", 2.0),
                              seed=r.seed + seed_offset, checkpoint_every=r.checkpoint_every,
                              bf16=self.options.bf16, eval_every=section.eval_every, **extra)
 
@@ -260,10 +259,10 @@ class Run:
         """With a target speedup: measure shapes against the fine-tuned model once (saved in
         target.json, so a resumed run reuses it) and set the attention and FFN sparsities."""
         path = self.out / "target.json"
+        dense = load_pruned(self.stage_dir("finetune") / "model")
         if not path.is_file():
             from trimformer.target import choose_shape
 
-            dense = load_pruned(self.stage_dir("finetune") / "model")
             if dist.is_main():
                 bench = self.recipe.bench
                 choice = choose_shape(dense, self.options.target_speedup, bench.batch_size, bench.seq_len,
@@ -271,7 +270,7 @@ class Run:
                 write_json(path, choice.to_dict())
             dist.barrier()
         choice = json.loads(path.read_text())
-        st = model_structure(load_pruned(self.stage_dir("finetune") / "model"))
+        st = model_structure(dense)
         self.recipe.attention.mode = "hard"
         self.recipe.attention.sparsity = 1 - choice["heads"] / st.num_heads
         self.recipe.ffn.rule = "fixed"

@@ -22,7 +22,7 @@ from torch import nn
 from trimformer import dist
 from trimformer.allocate import Block, allocate, block_reduce, resolve_block, topk_keep
 from trimformer.config import GranularitySpec
-from trimformer.masks import MaskDict, apply_masks, current_masks, masks_sparsity, remove_masks
+from trimformer.masks import MaskDict, apply_masks, current_masks, remove_masks
 from trimformer.schedule import Constant, Cubic, Schedule
 from trimformer.scoring import Importance, MovementMask, TaylorImportance, l1_importance, l2_importance
 from trimformer.select import Target, select_targets
@@ -268,5 +268,3 @@ def remove_masks_of(module: nn.Module) -> None:
     if torch.nn.utils.parametrize.is_parametrized(module, "weight"):
         torch.nn.utils.parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
-
-__all__ = ["Pruner", "MovementEngine", "masks_sparsity", "topk_keep", "remove_masks"]
