@@ -2,6 +2,7 @@
 
     python bench/frontier.py [--tasks mrpc stsb rte cola sst2] [--points 2 3 5] [--scales 5 10 20 30]
                              [--methods tutorial trimformer] [--glue-dir ../shared/glue] [--work runs/frontier]
+    python bench/frontier.py --remeasure [--repeats 20]   # re-time every finished point, quietly
 
 Protocol (shared by every method, written into every result): the packaged MiniLM; fine-tune 3
 epochs once per task (shared by all points and methods, with its teacher logits); then per point:
@@ -11,11 +12,20 @@ first 10,000 training rows, the other tasks all of theirs; dev sets in full. Spe
 latency, dense vs pruned, 32 x 128, interleaved in one process.
 
 Methods:
-  tutorial   - soft movement on per-head blocks (swept by regular_scale), a head removed only when all
-               its blocks are masked, partly masked heads restored, the tutorial's FFN rule (keep half
-               as much FFN as the layer kept heads)
+  tutorial   - soft movement on per-head blocks (swept by regular_scale), the heads cut from the
+               fine-tuned weights (the tutorial reloads them, keeping only the masks), a head removed
+               only when all its blocks are masked, partly masked heads restored, the tutorial's FFN
+               rule (keep half as much FFN as the layer kept heads)
   trimformer - `--target-speedup P`: heads and FFN sizes chosen from measured latency, hard movement
-               on whole heads (q, k, v, o together), coupled Taylor FFN channels, distillation
+               on whole heads (q, k, v, o together) with distillation during that epoch, heads cut
+               from the weights trained under the masks, coupled Taylor FFN channels in 12 rounds over
+               the first three quarters of the FFN epoch, the last quarter at the final width
+  target     - ablation: `--target-speedup P` with the default recipe's other settings (heads cut from
+               the fine-tuned weights, no distillation while pruning attention, no recovery quarter)
+
+    python bench/frontier.py --tasks stsb --methods tutorial --scales 1 3 --stop-after heads
+looks at the heads a few regular_scale values keep without finishing the runs (a finished run
+resumes from there).
 
 A run whose JSON exists is skipped, so the frontier can be built up over several sessions.
 """
@@ -40,12 +50,19 @@ PROTOCOL = ["finetune.epochs=3", "finetune.lr=3e-5", "finetune.warmup_ratio=0", 
             "finetune.eval_every=null", "distil.eval_every=null", "bench.batch_size=32", "bench.seq_len=128",
             "bench.repeats=10"]
 TASK_SAMPLES = {"sst2": 10000}
+# trimformer's method on top of `--target-speedup`: KD during the attention epoch, heads cut from the
+# weights trained under the masks (not the fine-tuned ones), and the last quarter of the FFN epoch
+# trained at the final width.
+TRIMFORMER = ["attention.distill=true", "heads.source=attention", "ffn.recover=0.25"]
+# Methods swept by target speedup: trimformer's, and `target` (the latency target alone: the
+# ablation that shows what the three settings above add).
+TARGET_METHODS = {"trimformer": TRIMFORMER, "target": []}
 
 
 def method_overrides(method: str, value: float) -> tuple[list[str], list[str]]:
     """(CLI flags, recipe overrides) for one point of one method."""
-    if method == "trimformer":
-        return ["--target-speedup", str(value)], []
+    if method in TARGET_METHODS:
+        return ["--target-speedup", str(value)], TARGET_METHODS[method]
     return [], ["attention.mode=soft", "attention.granularity=auto", f"attention.regular_scale={value}",
                 "heads.restore_partial=true", "ffn.rule=tutorial"]
 
@@ -68,8 +85,10 @@ def shared_finetune(task: str, glue_dir: str, work: Path) -> Path:
     return out
 
 
-def one_point(task: str, method: str, value: float, glue_dir: str, work: Path) -> dict:
-    """Run one (task, method, point) from the shared fine-tune; return its result row."""
+def one_point(task: str, method: str, value: float, glue_dir: str, work: Path,
+              stop_after: str | None = None) -> dict | None:
+    """Run one (task, method, point) from the shared fine-tune; return its result row (None when
+    `stop_after` ends the run early, e.g. to see the heads a regular_scale keeps)."""
     shared = shared_finetune(task, glue_dir, work)
     out = work / task / f"{method}-{value:g}"
     if not (out / "stages" / "finetune" / "done.json").is_file():
@@ -79,18 +98,55 @@ def one_point(task: str, method: str, value: float, glue_dir: str, work: Path) -
         shutil.copy(shared / "teacher_logits.safetensors", out / "teacher_logits.safetensors")
     flags, overrides = method_overrides(method, value)
     cmd = [*base_cmd(task, glue_dir, out), "--resume", *flags, *overrides]
+    # One latency calibration per target, shared by every task (the shapes depend on the model only).
+    shared_target = work / "targets" / f"x{value:g}.json"
+    if method in TARGET_METHODS and shared_target.is_file() and not (out / "target.json").is_file():
+        shutil.copy(shared_target, out / "target.json")
     start = time.perf_counter()
+    if stop_after is not None:
+        run([*cmd, "--stop-after", stop_after])
+        done = json.loads((out / "stages" / stop_after / "done.json").read_text())
+        print(json.dumps({"task": task, "method": method, "value": value, "stage": stop_after, **done}))
+        return None
     run(cmd)
+    if method in TARGET_METHODS and not shared_target.is_file():
+        shared_target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "target.json", shared_target)
     report = json.loads((out / "report.json").read_text())
     main = report["main_metric"]
     dense, pruned = report["dense_metrics"][main], report["pruned_metrics"][main]
-    return {"task": task, "method": method, "sweep": {"target_speedup" if method == "trimformer" else
+    return {"task": task, "method": method, "sweep": {"target_speedup" if method in TARGET_METHODS else
                                                       "regular_scale": value},
             "main_metric": main, "dense_metric": dense, "pruned_metric": pruned, "drop": 100 * (dense - pruned),
             "total_sparsity": report["total_sparsity"], "flops_ratio": report["flops_ratio"],
             "speedup": report["speedup"], "heads_per_layer": report["heads_per_layer"],
             "ffn_per_layer": report["ffn_per_layer"], "seconds": time.perf_counter() - start,
             "command": " ".join(str(c) for c in cmd).replace(sys.executable, "python")}
+
+
+def remeasure(work: Path, repeats: int) -> None:
+    """Time every finished point again on a quiet machine (dense and pruned interleaved in one process)
+    and store it as `speedup`; the figure taken at the end of the run stays as `speedup_at_run`."""
+    from trimformer.bench import compare_latency
+    from trimformer.io import load_pruned
+
+    for path in sorted(RESULTS.glob("*-*-*.json")):
+        row = json.loads(path.read_text())
+        value = next(iter(row["sweep"].values()))
+        out = work / row["task"] / f"{row['method']}-{value:g}"
+        if not (out / "model").is_dir():
+            print(f"skip {path.name}: {out / 'model'} is not here")
+            continue
+        result = compare_latency(load_pruned(out / "stages" / "finetune" / "model"), load_pruned(out / "model"),
+                                 32, 128, warmup=3, repeats=repeats)
+        row.setdefault("speedup_at_run", row["speedup"])
+        row["speedup"] = result.speedup
+        row["speedup_command"] = f"python bench/frontier.py --remeasure --repeats {repeats}"
+        row["load_average"] = os.getloadavg()[0]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(row, indent=2))
+        os.replace(tmp, path)
+        print(f"{path.name}: x{row['speedup_at_run']:.2f} at run, x{result.speedup:.2f} now")
 
 
 def write_summary() -> None:
@@ -138,15 +194,25 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["tutorial", "trimformer"])
     parser.add_argument("--glue-dir", default=str(ROOT.parent / "shared" / "glue"))
     parser.add_argument("--work", default=str(ROOT / "runs" / "frontier"))
+    parser.add_argument("--stop-after", choices=["attention", "heads", "distil"],
+                        help="stop each run after this stage and write no result (a quick look at a sweep)")
+    parser.add_argument("--remeasure", action="store_true", help="only re-time the finished points")
+    parser.add_argument("--repeats", type=int, default=20, help="timed passes per model with --remeasure")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.remeasure:
+        remeasure(Path(args.work), args.repeats)
+        write_summary()
+        return
     for task in args.tasks:
         for method in args.methods:
-            for value in args.points if method == "trimformer" else args.scales:
+            for value in args.points if method in TARGET_METHODS else args.scales:
                 path = RESULTS / f"{task}-{method}-{value:g}.json"
                 if path.is_file():
                     continue
-                row = one_point(task, method, value, args.glue_dir, Path(args.work))
+                row = one_point(task, method, value, args.glue_dir, Path(args.work), args.stop_after)
+                if row is None:
+                    continue
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(row, indent=2))
                 os.replace(tmp, path)

@@ -91,3 +91,24 @@ def test_stop_after_then_resume_with_a_stage_switched_off(tmp_path):
     done = json.loads((out / "stages" / "final_distil" / "done.json").read_text())
     ffn = json.loads((out / "stages" / "ffn" / "done.json").read_text())
     assert done["skipped"] is True and done["metrics"] == ffn["metrics"]  # the FFN model passed through
+
+
+def test_heads_cut_from_the_attention_stage_weights_and_ffn_recovery(tmp_path):
+    from trimformer.io import load_pruned
+    from trimformer.plan import ShrinkPlan
+
+    glue_dir = write_sst2(tmp_path / "glue")
+    model_dir = write_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe", "smoke",
+                 "--output-dir", str(out), *TINY_OVERRIDES, "heads.source=attention", "attention.distill=true",
+                 "ffn.recover=0.25", "--stop-after", "ffn"]) == 0
+    trained = load_pruned(out / "stages" / "attention" / "model")
+    tuned = load_pruned(out / "stages" / "finetune" / "model")
+    cut = load_pruned(out / "stages" / "heads" / "model")
+    plan = ShrinkPlan.from_json((out / "stages" / "heads" / "model" / "plan.json").read_text())
+    rows = torch.cat([torch.arange(h * 8, (h + 1) * 8) for h in plan.layers[0].heads_kept])  # head_dim 8
+    query = lambda m: m.bert.encoder.layer[0].attention.self.query.weight  # noqa: E731
+    assert torch.equal(query(cut), query(trained)[rows])  # the weights trained under the masks ...
+    assert not torch.equal(query(cut), query(tuned)[rows])  # ... not the fine-tuned ones
+    assert "ffn: 3 steps at the final width" in (out / "run.log").read_text()  # 12 steps, a quarter kept back

@@ -22,7 +22,7 @@ from torch import nn
 from trimformer import dist, glue
 from trimformer.distill import compute_teacher_logits, load_teacher_logits, save_teacher_logits
 from trimformer.io import load_pruned, save_pruned
-from trimformer.masks import load_masks, save_masks
+from trimformer.masks import load_masks, remove_masks, save_masks
 from trimformer.pruners import MovementEngine, Pruner
 from trimformer.recipe import Distil, Recipe
 from trimformer.schedule import per_round_sparsity
@@ -170,11 +170,17 @@ class Run:
         masks = engine.pruner.masks
         dist.check_identical({n: m["weight"] for n, m in masks.items()}, "the attention masks")
         dist.on_main(lambda: save_masks(masks, self.stage_dir("attention") / "masks.safetensors"))
+        if self.recipe.heads.source == "attention":
+            # The trained weights without the masks: the heads stage cuts them with the saved masks
+            # (a partly masked head then gets these weights back, as it would the fine-tuned ones).
+            remove_masks(model, bake=False)
+            dist.on_main(lambda: save_pruned(model, self.stage_dir("attention") / "model",
+                                             tokenizer=self.data.tokenizer))
         self.finish("attention", start, result.metrics)
 
     def stage_heads(self) -> None:
         start = time.perf_counter()
-        model = load_pruned(self.stage_dir("finetune") / "model", self.device)
+        model = load_pruned(self.stage_dir(self.recipe.heads.source) / "model", self.device)
         masks = load_masks(self.stage_dir("attention") / "masks.safetensors")
         plan = shrink(model, masks, restore_partial=self.recipe.heads.restore_partial,
                       drop_empty_layers=self.recipe.heads.drop_empty_layers)
@@ -224,7 +230,7 @@ class Run:
         base = self.settings(section, distill=True)
         steps_per_epoch = -(-len(self.data.train) // base.batch_size)
         total = base.max_steps or max(section.rounds, round(base.epochs * steps_per_epoch))
-        per_round = max(1, total // section.rounds)
+        per_round = max(1, int(total * (1 - section.recover)) // section.rounds)
         targets = json.loads(progress_file.read_text())["targets"] if done_rounds else self.ffn_targets(model)
         teacher_set = self.teacher_set()
         for r in range(done_rounds, section.rounds):
@@ -252,6 +258,16 @@ class Run:
             dist.on_main(lambda r=r: write_json(progress_file, {"round": r + 1, "targets": targets}))
             log.info("ffn round %d/%d: widths %s", r + 1, section.rounds,
                      [model.get_submodule(n).out_features for n in targets])
+        recover = total - per_round * section.rounds
+        if section.recover > 0 and recover > 0 and not (folder / "model").is_dir():
+            # Train at the final width for the steps kept back, the learning rate decaying to zero.
+            log.info("ffn: %d steps at the final width", recover)
+            fit(model, self.task, teacher_set, self.data.collate,
+                TrainSettings(max_steps=recover, batch_size=base.batch_size, lr=section.lr / section.rounds,
+                              distill=True, alpha=section.alpha, temperature=section.temperature,
+                              seed=base.seed + 7919 * (section.rounds + 1), checkpoint_every=base.checkpoint_every,
+                              bf16=base.bf16),
+                checkpoint_dir=folder / "recover_checkpoint", device=self.device, desc="ffn recover")
         dist.on_main(lambda: save_pruned(model, folder / "model", tokenizer=self.data.tokenizer))
         self.finish("ffn", start, self.evaluate(model))
 

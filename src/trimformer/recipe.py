@@ -49,6 +49,9 @@ class Attention(StageTrain):
 class Heads(_Strict):
     drop_empty_layers: bool = False
     restore_partial: bool = True  # partly masked heads get their fine-tuned weights back (tutorial)
+    # Which weights the heads are cut from: the fine-tuned model's (the tutorial reloads it and keeps
+    # only the masks) or the attention stage's, trained for a whole epoch under the masks.
+    source: Literal["finetune", "attention"] = "finetune"
 
 
 class Distil(StageTrain):
@@ -69,6 +72,9 @@ class Ffn(StageTrain):
     sparsity: float = Field(0.5, ge=0, lt=1)
     alpha: float = Field(0.1, ge=0, le=1)
     temperature: float = Field(2.0, gt=0)
+    # Fraction of the stage's steps kept back from the rounds and trained at the final width, so the
+    # last cut gets time to recover (0: the rounds fill the stage, as in the tutorial).
+    recover: float = Field(0.0, ge=0, lt=1)
 
 
 class Bench(_Strict):

@@ -103,13 +103,21 @@ def choose_shape(model: nn.Module, target_speedup: float, batch_size: int = 32, 
         shape = shape_for_fraction(st, fraction, seq_len, ffn_multiple)
         tried[shape] = measure(*shape)
         points.append((flops_fraction(st, *shape, seq_len), tried[shape]))
-    for _ in range(2):  # solve on the fitted line, time the answer, refit with it
+    def solve() -> tuple[int, int]:
         a, b = _fit(points)
-        shape = shape_for_fraction(st, (1.0 / target_speedup - a) / b if b else 1.0 / target_speedup,
-                                   seq_len, ffn_multiple)
+        fraction = (1.0 / target_speedup - a) / b if b else 1.0 / target_speedup
+        return shape_for_fraction(st, fraction, seq_len, ffn_multiple)
+
+    for _ in range(3):  # solve on the fitted line, time the answer, refit with it
+        shape = solve()
         if shape not in tried:
             tried[shape] = measure(*shape)
             points.append((flops_fraction(st, *shape, seq_len), tried[shape]))
-    heads, ffn = min(tried, key=lambda s: abs(tried[s] - target_speedup))
+    # The answer comes from the line fitted through every timing, not from the single timing that
+    # happened to land nearest the target: on a busy or noisy machine one timing can be off by 10%.
+    heads, ffn = solve()
+    if (heads, ffn) not in tried:
+        tried[(heads, ffn)] = measure(heads, ffn)
+        points.append((flops_fraction(st, heads, ffn, seq_len), tried[(heads, ffn)]))
     return ShapeChoice(target_speedup=target_speedup, heads=heads, ffn=ffn, measured_speedup=tried[(heads, ffn)],
                        calibration=points)
