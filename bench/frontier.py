@@ -50,6 +50,7 @@ PROTOCOL = ["finetune.epochs=3", "finetune.lr=3e-5", "finetune.warmup_ratio=0", 
             "finetune.eval_every=null", "distil.eval_every=null", "bench.batch_size=32", "bench.seq_len=128",
             "bench.repeats=10"]
 TASK_SAMPLES = {"sst2": 10000}
+GOALS = {2.0: 0.5, 3.0: 1.5, 5.0: 3.0}  # the issue's mean drop (points) allowed at each speedup
 # trimformer's method on top of `--target-speedup`: KD during the attention epoch, heads cut from the
 # weights trained under the masks (not the fine-tuned ones), and the last quarter of the FFN epoch
 # trained at the final width.
@@ -149,6 +150,50 @@ def remeasure(work: Path, repeats: int) -> None:
         print(f"{path.name}: x{row['speedup_at_run']:.2f} at run, x{result.speedup:.2f} now")
 
 
+def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """Linear interpolation of (speedup, drop) points at speedup x; None outside their range."""
+    points = sorted(points)
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[0][1] if len(points) == 1 and abs(points[0][0] - x) < 1e-9 else None
+
+
+def comparison_lines(rows: list[dict]) -> list[str]:
+    """Per target: trimformer's drop per task, the tutorial's drop interpolated at the same measured
+    speedup (its own sweep points on that task), their means over tasks, and the issue's goal."""
+    lines = ["## trimformer vs the tutorial at the same speedup", "",
+             "Tutorial drops are interpolated along its own sweep on the same task at trimformer's measured "
+             "speedup (n/a: outside the speedups the sweep reached).", "",
+             "| target | task | speedup | trimformer drop | tutorial drop | ahead |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    groups = _groups(rows)
+    summary = []
+    for target in sorted({r["sweep"]["target_speedup"] for r in rows if r["method"] == "trimformer"}):
+        ours = [r for r in rows if r["method"] == "trimformer" and r["sweep"]["target_speedup"] == target]
+        drops, speedups, ahead = [], [], []
+        for r in sorted(ours, key=lambda r: r["task"]):
+            tutorial = [(t["speedup"], t["drop"]) for t in groups.get((r["task"], "tutorial"), [])]
+            theirs = interpolate(tutorial, r["speedup"]) if tutorial else None
+            drops.append(r["drop"])
+            speedups.append(r["speedup"])
+            if theirs is not None:
+                ahead.append(r["drop"] < theirs)
+            lines.append(f"| x{target:g} | {r['task']} | {r['speedup']:.2f}x | {r['drop']:+.2f} | "
+                         f"{'n/a' if theirs is None else f'{theirs:+.2f}'} | "
+                         f"{'n/a' if theirs is None else ('yes' if r['drop'] < theirs else 'no')} |")
+        goal = GOALS.get(target)
+        mean = sum(drops) / len(drops)
+        summary.append(f"| x{target:g} | {len(drops)} | {sum(speedups) / len(speedups):.2f}x | {mean:+.2f} | "
+                       f"{'n/a' if goal is None else f'<= {goal:g}'} | "
+                       f"{'n/a' if goal is None else ('met' if mean <= goal else 'not met')} | "
+                       f"{sum(ahead)} of {len(ahead)} |")
+    lines += ["", "## Goal check (mean over the tasks run so far)", "",
+              "| target | tasks | mean speedup | mean drop | goal | | ahead of the tutorial |",
+              "| --- | --- | --- | --- | --- | --- | --- |", *summary]
+    return lines
+
+
 def write_summary() -> None:
     """Combined table (Markdown) and plot (PNG) over every result JSON."""
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
@@ -159,7 +204,8 @@ def write_summary() -> None:
         lines.append(f"| {r['task']} | {r['method']} | {sweep} | {r['dense_metric']:.4f} "
                      f"| {r['pruned_metric']:.4f} | {r['drop']:+.2f} | {r['speedup']:.2f}x "
                      f"| {r['flops_ratio']:.2f}x | {r['total_sparsity']:.1%} |")
-    (RESULTS / "frontier.md").write_text("# Frontier\n\n" + "\n".join(lines) + "\n")
+    text = "# Frontier\n\n" + "\n".join(lines) + "\n\n" + "\n".join(comparison_lines(rows)) + "\n"
+    (RESULTS / "frontier.md").write_text(text)
     import matplotlib
 
     matplotlib.use("Agg")
