@@ -141,3 +141,55 @@ def test_tutorial_taylor_call_on_op_names():
         assert int((rows == 0).sum()) == 16  # a quarter of 64 channels, whole rows
     pruner._unwrap_model()
     assert not hasattr(model.bert.encoder.layer[0].intermediate.dense, "parametrizations")
+
+
+def _soft_engine_masks(threshold: float, score_optimizer: str = "sgd", score_lr: float = 1.0):
+    from trimformer.pruners import MovementEngine
+
+    model = tiny_bert(LAYERS).train()
+    names = [n for layer in model_structure(model).layers for n in (layer.query, layer.key, layer.value)]
+    engine = MovementEngine(model, [{"op_names": names, "sparsity": 0.1}], warm_up_step=2, cool_down_beginning_step=6,
+                            regular_scale=0.0, movement_mode="soft", granularity="auto", score_lr=score_lr,
+                            score_optimizer=score_optimizer, threshold=threshold)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for batch in make_batches(8):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        engine.step()
+    return engine
+
+
+@pytest.mark.parametrize("score_optimizer,score_lr", [("sgd", 1.0), ("adam", 1e-2)])
+def test_soft_threshold_masks_exactly_the_blocks_scoring_at_or_below_it(score_optimizer, score_lr):
+    engine = _soft_engine_masks(threshold=0.005, score_optimizer=score_optimizer, score_lr=score_lr)
+    kept = {n: int((p.scores > 0.005).sum()) for n, p in engine.params.items()}
+    frozen_at = {n: int(p.mask.sum()) // (8 * 8) for n, p in engine.params.items()}  # 8 x 8 head blocks
+    # Masks froze at the cool-down step (6); scores moved for 2 more steps, so compare there and loosely.
+    assert sum(frozen_at.values()) < 3 * LAYERS * 16  # some blocks went
+    assert abs(sum(frozen_at.values()) - sum(kept.values())) <= 0.25 * 3 * LAYERS * 16
+    loose = _soft_engine_masks(threshold=0.0, score_optimizer=score_optimizer, score_lr=score_lr)
+    assert sum(int(p.mask.sum()) for p in loose.params.values()) >= sum(int(p.mask.sum())
+                                                                        for p in engine.params.values())
+    assert isinstance(engine.optimizer, torch.optim.Adam if score_optimizer == "adam" else torch.optim.SGD)
+
+
+def test_unknown_score_optimizer_is_named():
+    with pytest.raises(ValueError, match="score_optimizer"):
+        _soft_engine_masks(threshold=0.0, score_optimizer="rmsprop")
+
+
+def test_value_rule_removes_a_head_whose_value_rows_are_masked():
+    from trimformer.pipeline import value_rule_masks
+    from trimformer.shrink import shrink
+
+    model = tiny_bert(LAYERS)  # 4 heads of 8
+    st = model_structure(model)
+    ones = lambda m: torch.ones_like(model.get_submodule(m).weight)  # noqa: E731
+    masks = {n: {"weight": ones(n)} for layer in st.layers for n in (layer.query, layer.key, layer.value)}
+    layer0 = st.layers[0]
+    masks[layer0.value]["weight"][8:16] = 0  # head 1: value rows all masked, q and k untouched
+    masks[layer0.value]["weight"][16:20, :8] = 0  # head 2: partly masked value -> kept
+    plan = shrink(model, value_rule_masks(model, masks))
+    assert list(plan.layers[0].heads_kept) == [0, 2, 3] and list(plan.layers[1].heads_kept) == [0, 1, 2, 3]

@@ -89,6 +89,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def value_rule_masks(model: nn.Module, masks: dict) -> dict:
+    """The tutorial's head rule as whole-head masks: a head goes when its value rows are all masked
+    (its query, key and output weights go with it); every other head is kept whole."""
+    structure, out = model_structure(model), {}
+    for layer in structure.layers:
+        gone = masks[layer.value]["weight"].reshape(structure.num_heads, -1).sum(-1) == 0
+        rows = (~gone).repeat_interleave(structure.head_dim).float()
+        for name in (layer.query, layer.key, layer.value):
+            out[name] = {"weight": rows[:, None].expand(-1, structure.hidden_size).clone()}
+        out[layer.attn_out] = {"weight": rows[None, :].expand(structure.hidden_size, -1).clone()}
+    return out
+
+
 class Run:
     """One pipeline run; each `stage_*` method reads the previous stage's outputs from disk."""
 
@@ -158,7 +171,8 @@ class Run:
                                 cool_down_beginning_step=int(section.cool_down * steps),
                                 regular_scale=section.regular_scale, movement_mode=section.mode,
                                 granularity=section.granularity, score_lr=section.score_lr,
-                                head_units=section.mode == "hard")
+                                head_units=section.mode == "hard", score_optimizer=section.score_optimizer,
+                                threshold=section.threshold)
         train_set = self.teacher_set() if section.distill else self.data.train
         result = fit(model, self.task, train_set, self.data.collate, settings, evaluate_fn=self.evaluate,
                      main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir("attention") / "checkpoint",
@@ -182,6 +196,8 @@ class Run:
         start = time.perf_counter()
         model = load_pruned(self.stage_dir(self.recipe.heads.source) / "model", self.device)
         masks = load_masks(self.stage_dir("attention") / "masks.safetensors")
+        if self.recipe.heads.rule == "value":
+            masks = value_rule_masks(model, masks)
         plan = shrink(model, masks, restore_partial=self.recipe.heads.restore_partial,
                       drop_empty_layers=self.recipe.heads.drop_empty_layers)
         dist.on_main(lambda: save_pruned(model, self.stage_dir("heads") / "model", tokenizer=self.data.tokenizer,

@@ -183,16 +183,24 @@ class MovementEngine:
     """Movement pruning with learned per-block scores (Sanh et al. 2020).
 
     hard: keep the top (1 - s_t) blocks by score, s_t on NNI's cubic schedule.
-    soft: keep blocks whose score is > 0; an L1 penalty on sigmoid(scores), weighted by
-    `regular_scale` (ramped on the same cubic schedule), pushes scores down, so a larger
-    `regular_scale` prunes more. Masks are all ones before `warm_up_step` and frozen from
-    `cool_down_beginning_step` on."""
+    soft: keep blocks whose score is above `threshold` (ramped from 0 on the cubic schedule; NNI's
+    soft mode reads the config's sparsity as this threshold, 0.1 in the tutorial); an L1 penalty on
+    sigmoid(scores), weighted by `regular_scale` (ramped the same way), pushes scores down, so a
+    larger `regular_scale` prunes more. Masks are all ones before `warm_up_step` and frozen from
+    `cool_down_beginning_step` on.
+
+    Scores train with plain SGD at `score_lr` by default, so a score is the accumulated movement;
+    `score_optimizer="adam"` (lr 1e-2 in NNI) is what the NNI tutorial ran."""
 
     def __init__(self, model: nn.Module, config_list: list, warm_up_step: int, cool_down_beginning_step: int,
                  regular_scale: float = 1.0, movement_mode: str = "hard", granularity: GranularitySpec = "finegrained",
-                 score_lr: float = 1.0, head_units: bool = False):
+                 score_lr: float = 1.0, head_units: bool = False, score_optimizer: str = "sgd",
+                 threshold: float = 0.0):
         if movement_mode not in ("hard", "soft"):
             raise ValueError(f"movement_mode must be 'hard' or 'soft', got {movement_mode!r}")
+        if score_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"score_optimizer must be 'sgd' or 'adam', got {score_optimizer!r}")
+        self.threshold = float(threshold)
         self.pruner = Pruner(model, config_list, importance=self._scores, granularity=granularity,
                              head_units=head_units)
         self.mode = movement_mode
@@ -209,7 +217,9 @@ class MovementEngine:
             self.params[t.name] = param
         # Plain SGD: a score is then the accumulated movement -sum(w * dL/dw) minus the penalty's pull,
         # so their sizes compete (Adam would normalise the movement signal away).
-        self.optimizer = torch.optim.SGD([p.scores for p in self.params.values()], lr=score_lr)
+        scores = [p.scores for p in self.params.values()]
+        self.optimizer = (torch.optim.SGD(scores, lr=score_lr) if score_optimizer == "sgd"
+                          else torch.optim.Adam(scores, lr=score_lr))
         self.step_count = 0
 
     def _scores(self, target: Target) -> torch.Tensor:
@@ -240,8 +250,9 @@ class MovementEngine:
         """Recompute every mask from the current scores."""
         with torch.no_grad():
             if self.mode == "soft":
+                threshold = self.threshold * self.ramp(self.step_count)
                 for param in self.params.values():
-                    keep = (param.scores > 0).float()
+                    keep = (param.scores > threshold).float()
                     param.mask.copy_(keep.repeat_interleave(param.block[0], 0).repeat_interleave(param.block[1], 1))
             else:
                 masks = self.pruner.compute_masks(self.ramp(self.step_count))

@@ -43,6 +43,8 @@ class Attention(StageTrain):
     warm_up: float = Field(0.25, ge=0, le=1)  # fractions of the stage's steps
     cool_down: float = Field(0.75, ge=0, le=1)
     score_lr: float = Field(1.0, gt=0)
+    score_optimizer: Literal["sgd", "adam"] = "sgd"  # adam at score_lr 0.01 is what the NNI tutorial ran
+    threshold: float = Field(0.0, ge=0)  # soft mode: keep blocks scoring above this (ramped; NNI: 0.1)
     distill: bool = False
 
 
@@ -52,6 +54,9 @@ class Heads(_Strict):
     # Which weights the heads are cut from: the fine-tuned model's (the tutorial reloads it and keeps
     # only the masks) or the attention stage's, trained for a whole epoch under the masks.
     source: Literal["finetune", "attention"] = "finetune"
+    # When a head goes: 'all' of its q, k, v rows and output columns masked (exact), or, as the
+    # tutorial does, 'value': its value rows masked (the rest of the head goes with them).
+    rule: Literal["all", "value"] = "all"
 
 
 class Distil(StageTrain):
