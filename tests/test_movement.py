@@ -54,7 +54,7 @@ def fake_criterion(loss, _):
     return loss
 
 
-def run_tutorial_movement(regular_scale: float, seed: int = 0):
+def run_tutorial_movement(regular_scale: float, seed: int = 0, sparsity: float = 0.1, **extra):
     torch.manual_seed(seed)
     model = tiny_bert(num_layers=LAYERS, seed=seed)
     train_dataloader = make_batches()
@@ -74,12 +74,12 @@ def run_tutorial_movement(regular_scale: float, seed: int = 0):
     config_list = [{
         "op_types": ["Linear"],
         "op_partial_names": [f"bert.encoder.layer.{i}.attention" for i in range(LAYERS)],
-        "sparsity": 0.1,
+        "sparsity": sparsity,
     }]
     pruner = MovementPruner(model=model, config_list=config_list, evaluator=evaluator,
                             training_epochs=total_epochs, training_steps=total_steps, warm_up_step=warmup_steps,
                             cool_down_beginning_step=total_steps - cooldown_steps, regular_scale=regular_scale,
-                            movement_mode="soft", sparse_granularity="auto")
+                            movement_mode="soft", sparse_granularity="auto", **extra)
     _, attention_masks = pruner.compress()
     return model, pruner, attention_masks
 
@@ -107,9 +107,21 @@ def test_tutorial_movement_calls_work_and_masks_are_head_blocks(capsys):
 
 
 def test_soft_movement_larger_regular_scale_is_sparser():
-    # The tiny random model's gradients are small, so small scales already matter here.
-    sparsities = [overall_sparsity(run_tutorial_movement(regular_scale=s)[2]) for s in (0.0, 1e-4, 1e-3)]
+    # Plain SGD scores (the accumulated movement) and threshold 0: the tiny random model's gradients
+    # are small, so small scales already matter here. (NNI's Adam at 1e-2 with threshold 0.1 masks
+    # nearly all of this tiny model within its 32 steps.)
+    sparsities = [overall_sparsity(run_tutorial_movement(regular_scale=s, sparsity=0.0, score_optimizer="sgd",
+                                                         score_lr=1.0)[2]) for s in (0.0, 1e-4, 1e-3)]
     assert sparsities[0] < sparsities[1] < sparsities[2] < 1.0
+
+
+def test_nni_movement_defaults_adam_scores_and_sparsity_as_soft_threshold():
+    _, pruner, _ = run_tutorial_movement(regular_scale=1.0)
+    engine = pruner.engine
+    assert isinstance(engine.optimizer, torch.optim.Adam) and engine.optimizer.param_groups[0]["lr"] == 1e-2
+    assert engine.threshold == 0.1  # the tutorial's config 'sparsity' in soft mode
+    for param in engine.params.values():  # masks froze at the cool-down step, from the scores then
+        assert set(param.mask.unique().tolist()) <= {0.0, 1.0}
 
 
 def test_hard_movement_reaches_exact_sparsity_on_schedule():

@@ -131,20 +131,28 @@ class TaylorFOWeightPruner(_Preset):
 class MovementPruner(_Preset):
     """NNI's MovementPruner: scores learned during `training_steps` of the evaluator's training
     function; `movement_mode` 'hard' (top-k on a cubic schedule) or 'soft' (threshold + L1
-    penalty weighted by `regular_scale`); `sparse_granularity` 'auto' (per-head blocks on
-    attention, channels on the FFN) or 'finegrained'."""
+    penalty weighted by `regular_scale`; the config's sparsity is then the score threshold, as in
+    NNI); `sparse_granularity` 'auto' (per-head blocks on attention, channels on the FFN) or
+    'finegrained'. Scores train with Adam at 1e-2, as in NNI."""
 
     def __init__(self, model: nn.Module, config_list: list, evaluator: TorchEvaluator, training_epochs: int,
                  training_steps: int | None = None, warm_up_step: int = 0, cool_down_beginning_step: int = 0,
                  regular_scale: float = 1.0, movement_mode: str = "hard", sparse_granularity: str = "finegrained",
-                 score_lr: float = 1.0):
+                 score_lr: float = 1e-2, score_optimizer: str = "adam"):
         if sparse_granularity not in ("auto", "finegrained"):
             raise ValueError(f"sparse_granularity must be 'auto' or 'finegrained', got {sparse_granularity!r}")
         if cool_down_beginning_step < warm_up_step:
             raise ValueError("cool_down_beginning_step must not be before warm_up_step")
+        # As NNI: scores train with Adam at 1e-2, and soft mode reads the config's sparsity as the
+        # score threshold (ramped on the cubic schedule), not as a target.
+        thresholds = {e.get("sparsity", e.get("sparsity_per_layer", 0.0)) for e in config_list if not e.get("exclude")}
+        if movement_mode == "soft" and len(thresholds) > 1:
+            raise ValueError(f"soft movement takes one threshold (the config's sparsity), got {sorted(thresholds)}")
         self.engine = MovementEngine(model, config_list, warm_up_step, cool_down_beginning_step,
                                      regular_scale=regular_scale, movement_mode=movement_mode,
-                                     granularity=sparse_granularity, score_lr=score_lr)
+                                     granularity=sparse_granularity, score_lr=score_lr,
+                                     score_optimizer=score_optimizer,
+                                     threshold=float(next(iter(thresholds), 0.0)) if movement_mode == "soft" else 0.0)
         self.pruner = self.engine.pruner
         self.evaluator = evaluator
         self.training_epochs = training_epochs
