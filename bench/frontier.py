@@ -22,6 +22,8 @@ Methods:
                the first three quarters of the FFN epoch, the last quarter at the final width
   target     - ablation: `--target-speedup P` with the default recipe's other settings (heads cut from
                the fine-tuned weights, no distillation while pruning attention, no recovery quarter)
+  global     - trimformer's with heads and FFN channels allocated across layers by one ranking each
+               (same totals, so about the same FLOPs and latency)
 
     python bench/frontier.py --tasks stsb --methods tutorial --scales 1 3 --stop-after heads
 looks at the heads a few regular_scale values keep without finishing the runs (a finished run
@@ -61,9 +63,11 @@ TUTORIAL = ["attention.mode=soft", "attention.granularity=auto", "attention.scor
 # weights trained under the masks (not the fine-tuned ones), and the last quarter of the FFN epoch
 # trained at the final width.
 TRIMFORMER = ["attention.distill=true", "heads.source=attention", "ffn.recover=0.25"]
-# Methods swept by target speedup: trimformer's, and `target` (the latency target alone: the
-# ablation that shows what the three settings above add).
-TARGET_METHODS = {"trimformer": TRIMFORMER, "target": []}
+# Methods swept by target speedup: trimformer's; `target` (the latency target alone: the ablation
+# that shows what the three settings above add); `global` (trimformer's with heads and FFN channels
+# ranked across layers instead of the same share per layer).
+TARGET_METHODS = {"trimformer": TRIMFORMER, "target": [],
+                  "global": [*TRIMFORMER, "attention.allocation=global", "ffn.allocation=global"]}
 
 
 def method_overrides(method: str, value: float) -> tuple[list[str], list[str]]:

@@ -193,7 +193,7 @@ def test_unknown_score_optimizer_is_named():
 
 
 def test_value_rule_removes_a_head_whose_value_rows_are_masked():
-    from trimformer.pipeline import value_rule_masks
+    from trimformer.plan import value_rule_masks
     from trimformer.shrink import shrink
 
     model = tiny_bert(LAYERS)  # 4 heads of 8

@@ -112,3 +112,18 @@ def test_heads_cut_from_the_attention_stage_weights_and_ffn_recovery(tmp_path):
     assert torch.equal(query(cut), query(trained)[rows])  # the weights trained under the masks ...
     assert not torch.equal(query(cut), query(tuned)[rows])  # ... not the fine-tuned ones
     assert "ffn: 3 steps at the final width" in (out / "run.log").read_text()  # 12 steps, a quarter kept back
+
+
+def test_global_allocation_keeps_the_uniform_totals(tmp_path):
+    glue_dir = write_sst2(tmp_path / "glue")
+    model_dir = write_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe", "smoke",
+                 "--output-dir", str(out), *TINY_OVERRIDES, "attention.allocation=global", "ffn.allocation=global",
+                 "--stop-after", "ffn"]) == 0
+    from trimformer.bench import layer_widths
+    from trimformer.io import load_pruned
+
+    heads, ffn = layer_widths(load_pruned(out / "stages" / "ffn" / "model"))
+    assert sum(heads) == 4 and min(heads) >= 1  # 2 layers x 4 heads at 0.5
+    assert abs(sum(ffn) - 64) <= 2 and min(ffn) >= 1  # 2 x 64 channels at 0.5 over 3 rounds (rounding)

@@ -177,3 +177,31 @@ def test_coupled_ffn_keeps_the_configured_sparsity():
     for layer in model_structure(model).layers:
         assert sparsity(masks[layer.ffn_in]["weight"]) == pytest.approx(0.5)
         assert sparsity(masks[layer.ffn_out]["weight"]) == pytest.approx(0.5)
+
+
+def test_global_head_keep_ranks_all_layers_together_and_keeps_one_per_layer():
+    from trimformer.allocate import global_head_keep
+
+    scores = [torch.tensor([5.0, 6.0, 7.0, 8.0]), torch.tensor([0.1, 0.2, 0.3, 0.4]),
+              torch.tensor([1.0, 9.0, 2.0, 3.0])]
+    keeps = global_head_keep(scores, 0.5)  # 6 of 12 heads go
+    assert [k.tolist() for k in keeps] == [[1, 1, 1, 1], [0, 0, 0, 1], [0, 1, 0, 0]]  # layer 1 keeps its best
+    assert sum(int(k.sum()) for k in keeps) == 6
+    uniform = [int(k.sum()) for k in global_head_keep([s.clone() for s in scores], 0.0)]
+    assert uniform == [4, 4, 4]
+
+
+def test_global_head_allocation_in_the_pruner_keeps_the_total():
+    from trimformer.pruners import Pruner
+
+    model = tiny_bert(num_layers=3)
+    st = model_structure(model)
+    names = [n for layer in st.layers for n in layer.attention_linears]
+    with torch.no_grad():  # make layer 2's heads clearly the most important by magnitude
+        for n in st.layers[2].attention_linears:
+            model.get_submodule(n).weight.mul_(10)
+    pruner = Pruner(model, [{"op_names": names, "sparsity": 0.5}], importance="l1", granularity="auto",
+                    head_units=True, head_allocation="global")
+    masks = pruner.compute_masks(1.0)
+    kept = [int(masks[layer.query]["weight"][:, 0].sum()) // st.head_dim for layer in st.layers]
+    assert sum(kept) == 6 and kept[2] == 4 and min(kept) >= 1

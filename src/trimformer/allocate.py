@@ -130,3 +130,20 @@ def _allocate_global(members: list[Target], block_scores: dict[str, torch.Tensor
         out[t.name] = {"weight": expand_blocks(keep, blocks[t.name])}
         offset += s.numel()
     return out
+
+
+def global_head_keep(head_scores: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
+    """One ranking of every head of every layer: remove the round(sparsity * all heads) lowest,
+    never a layer's best head (so every layer keeps one). Heads cost the same in every layer, so
+    the total, and with it the FLOPs and latency, is what a uniform `sparsity` would give."""
+    sizes = [s.numel() for s in head_scores]
+    flat = torch.cat(head_scores)
+    protected = torch.zeros(flat.numel(), dtype=torch.bool)
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    for offset, score in zip(offsets, head_scores, strict=True):
+        protected[offset + int(torch.argmax(score))] = True
+    n_prune = min(int(round(sparsity * flat.numel())), int((~protected).sum()))
+    order = [i for i in torch.argsort(flat, stable=True).tolist() if not protected[i]]
+    keep = torch.ones(flat.numel())
+    keep[order[:n_prune]] = 0.0
+    return list(torch.split(keep, sizes))

@@ -23,6 +23,7 @@ from trimformer import dist, glue
 from trimformer.distill import compute_teacher_logits, load_teacher_logits, save_teacher_logits
 from trimformer.io import load_pruned, save_pruned
 from trimformer.masks import load_masks, remove_masks, save_masks
+from trimformer.plan import value_rule_masks
 from trimformer.pruners import MovementEngine, Pruner
 from trimformer.recipe import Distil, Recipe
 from trimformer.schedule import per_round_sparsity
@@ -87,19 +88,6 @@ def resolve_device(name: str) -> torch.device:
     if dist.launched():
         return dist.accelerator().device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def value_rule_masks(model: nn.Module, masks: dict) -> dict:
-    """The tutorial's head rule as whole-head masks: a head goes when its value rows are all masked
-    (its query, key and output weights go with it); every other head is kept whole."""
-    structure, out = model_structure(model), {}
-    for layer in structure.layers:
-        gone = masks[layer.value]["weight"].reshape(structure.num_heads, -1).sum(-1) == 0
-        rows = (~gone).repeat_interleave(structure.head_dim).float()
-        for name in (layer.query, layer.key, layer.value):
-            out[name] = {"weight": rows[:, None].expand(-1, structure.hidden_size).clone()}
-        out[layer.attn_out] = {"weight": rows[None, :].expand(structure.hidden_size, -1).clone()}
-    return out
 
 
 class Run:
@@ -172,7 +160,7 @@ class Run:
                                 regular_scale=section.regular_scale, movement_mode=section.mode,
                                 granularity=section.granularity, score_lr=section.score_lr,
                                 head_units=section.mode == "hard", score_optimizer=section.score_optimizer,
-                                threshold=section.threshold)
+                                threshold=section.threshold, head_allocation=section.allocation)
         train_set = self.teacher_set() if section.distill else self.data.train
         result = fit(model, self.task, train_set, self.data.collate, settings, evaluate_fn=self.evaluate,
                      main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir("attention") / "checkpoint",
@@ -238,6 +226,18 @@ class Run:
             targets[layer.ffn_in] = min(target, 1 - 1 / structure.intermediate_size)
         return targets
 
+    def ffn_round_config(self, targets: dict[str, float]) -> list[dict]:
+        """One round's config list: each layer its own share, or one global ranking."""
+        section = self.recipe.ffn
+        if section.allocation == "global":
+            if len(set(targets.values())) != 1:
+                raise ValueError("ffn.allocation=global needs one FFN sparsity for all layers (rule: fixed)")
+            share = per_round_sparsity(next(iter(targets.values())), section.rounds)
+            return [{"op_names": list(targets), "total_sparsity": share,
+                     "max_sparsity_per_layer": min(0.9, 3 * share)}] if share > 0 else []
+        return [{"op_names": [name], "sparsity": per_round_sparsity(t, section.rounds)}
+                for name, t in targets.items() if t > 0]
+
     def stage_ffn(self) -> None:
         start, section, folder = time.perf_counter(), self.recipe.ffn, self.stage_dir("ffn")
         progress_file = folder / "progress.json"
@@ -250,8 +250,7 @@ class Run:
         targets = json.loads(progress_file.read_text())["targets"] if done_rounds else self.ffn_targets(model)
         teacher_set = self.teacher_set()
         for r in range(done_rounds, section.rounds):
-            config = [{"op_names": [name], "sparsity": per_round_sparsity(t, section.rounds)}
-                      for name, t in targets.items() if t > 0]
+            config = self.ffn_round_config(targets)
             pruner = Pruner(model, config, importance="taylor", granularity="out_channel")
             gather = min(section.taylor_steps, per_round)
             lr = section.lr * (1 - r / section.rounds)

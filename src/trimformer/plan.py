@@ -146,3 +146,16 @@ def plan_from_masks(model: nn.Module, masks: MaskDict, drop_empty_layers: bool =
         ffn = torch.stack(present).any(0).nonzero().flatten().tolist() if present else list(range(n_ffn))
         layers.append(LayerPlan(heads, ffn, drop_empty_layers and not heads))
     return ShrinkPlan(st.family, st.num_heads, st.head_dim, tuple(layers))
+
+
+def value_rule_masks(model: nn.Module, masks: dict) -> dict:
+    """The tutorial's head rule as whole-head masks: a head goes when its value rows are all masked
+    (its query, key and output weights go with it); every other head is kept whole."""
+    structure, out = model_structure(model), {}
+    for layer in structure.layers:
+        gone = masks[layer.value]["weight"].reshape(structure.num_heads, -1).sum(-1) == 0
+        rows = (~gone).repeat_interleave(structure.head_dim).float()
+        for name in (layer.query, layer.key, layer.value):
+            out[name] = {"weight": rows[:, None].expand(-1, structure.hidden_size).clone()}
+        out[layer.attn_out] = {"weight": rows[None, :].expand(structure.hidden_size, -1).clone()}
+    return out

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from trimformer import dist
-from trimformer.allocate import Block, allocate, block_reduce, resolve_block, topk_keep
+from trimformer.allocate import Block, allocate, block_reduce, global_head_keep, resolve_block, topk_keep
 from trimformer.config import GranularitySpec
 from trimformer.masks import MaskDict, apply_masks, current_masks, remove_masks
 from trimformer.schedule import Constant, Cubic, Schedule
@@ -38,9 +38,12 @@ class Pruner:
 
     def __init__(self, model: nn.Module, config_list: list, importance: str | Importance = "l1",
                  granularity: GranularitySpec | None = None, schedule: Schedule | None = None,
-                 head_units: bool = False):
+                 head_units: bool = False, head_allocation: str = "layer"):
+        if head_allocation not in ("layer", "global"):
+            raise ValueError(f"head_allocation must be 'layer' or 'global', got {head_allocation!r}")
         self.model = model
         self.head_units = head_units
+        self.head_allocation = head_allocation
         self.targets: list[Target] = select_targets(model, config_list)
         self.structure = _structure_or_none(model)
         self.blocks: dict[str, Block] = {
@@ -80,6 +83,7 @@ class Pruner:
             raise ValueError("head_units needs a model with a structure table")
         by_name = {t.name: t for t in self.targets}
         hd, masks = self.structure.head_dim, {}
+        layers, head_scores, sparsities = [], [], []
         for layer in self.structure.layers:
             if not all(n in by_name for n in layer.attention_linears):
                 continue
@@ -88,8 +92,16 @@ class Pruner:
                 raise ValueError("head_units needs a per-layer sparsity on the attention linears")
             rows = [self.importance(by_name[n]).sum(1) for n in (layer.query, layer.key, layer.value)]
             cols = self.importance(by_name[layer.attn_out]).sum(0)
-            head_score = (sum(r.reshape(-1, hd).sum(1) for r in rows) + cols.reshape(-1, hd).sum(1)).float().cpu()
-            keep = topk_keep(head_score, sparsity * progress).repeat_interleave(hd)
+            layers.append(layer)
+            head_score = sum(r.reshape(-1, hd).sum(1) for r in rows) + cols.reshape(-1, hd).sum(1)
+            head_scores.append(head_score.float().cpu())
+            sparsities.append(sparsity * progress)
+        if self.head_allocation == "global":
+            keeps = global_head_keep(head_scores, sum(sparsities) / max(1, len(sparsities)))
+        else:
+            keeps = [topk_keep(score, s) for score, s in zip(head_scores, sparsities, strict=True)]
+        for layer, keep in zip(layers, keeps, strict=True):
+            keep = keep.repeat_interleave(hd)
             for n in (layer.query, layer.key, layer.value):
                 masks[n] = {"weight": keep[:, None].expand_as(by_name[n].module.weight).clone().float()}
             masks[layer.attn_out] = {"weight": keep[None, :].expand_as(by_name[layer.attn_out].module.weight)
@@ -195,14 +207,14 @@ class MovementEngine:
     def __init__(self, model: nn.Module, config_list: list, warm_up_step: int, cool_down_beginning_step: int,
                  regular_scale: float = 1.0, movement_mode: str = "hard", granularity: GranularitySpec = "finegrained",
                  score_lr: float = 1.0, head_units: bool = False, score_optimizer: str = "sgd",
-                 threshold: float = 0.0):
+                 threshold: float = 0.0, head_allocation: str = "layer"):
         if movement_mode not in ("hard", "soft"):
             raise ValueError(f"movement_mode must be 'hard' or 'soft', got {movement_mode!r}")
         if score_optimizer not in ("sgd", "adam"):
             raise ValueError(f"score_optimizer must be 'sgd' or 'adam', got {score_optimizer!r}")
         self.threshold = float(threshold)
         self.pruner = Pruner(model, config_list, importance=self._scores, granularity=granularity,
-                             head_units=head_units)
+                             head_units=head_units, head_allocation=head_allocation)
         self.mode = movement_mode
         self.regular_scale = float(regular_scale)
         self.ramp = Cubic(warm_up_step, cool_down_beginning_step)

@@ -45,6 +45,9 @@ class Attention(StageTrain):
     score_lr: float = Field(1.0, gt=0)
     score_optimizer: Literal["sgd", "adam"] = "sgd"  # adam at score_lr 0.01 is what the NNI tutorial ran
     threshold: float = Field(0.0, ge=0)  # soft mode: keep blocks scoring above this (ramped; NNI: 0.1)
+    # Hard mode: 'layer' removes the same share of heads in every layer; 'global' ranks all heads of
+    # all layers together (same total, so the same FLOPs), each layer keeping at least one.
+    allocation: Literal["layer", "global"] = "layer"
     distill: bool = False
 
 
@@ -80,6 +83,10 @@ class Ffn(StageTrain):
     # Fraction of the stage's steps kept back from the rounds and trained at the final width, so the
     # last cut gets time to recover (0: the rounds fill the stage, as in the tutorial).
     recover: float = Field(0.0, ge=0, lt=1)
+    # 'layer': each layer loses its own share per round; 'global' (with rule 'fixed'): one Taylor
+    # ranking of the channels of all layers per round, the same total, no layer losing more than
+    # three times the round's share in one round.
+    allocation: Literal["layer", "global"] = "layer"
 
 
 class Bench(_Strict):
