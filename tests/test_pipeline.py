@@ -93,16 +93,21 @@ def test_stop_after_then_resume_with_a_stage_switched_off(tmp_path):
     assert done["skipped"] is True and done["metrics"] == ffn["metrics"]  # the FFN model passed through
 
 
-def test_heads_cut_from_the_attention_stage_weights_and_ffn_recovery(tmp_path):
-    from trimformer.io import load_pruned
-    from trimformer.plan import ShrinkPlan
-
+def tiny_run_to_ffn(tmp_path, *overrides: str):
+    """The smoke recipe on the tiny model up to the FFN stage, with recipe overrides; the output folder."""
     glue_dir = write_sst2(tmp_path / "glue")
     model_dir = write_tiny_model(tmp_path / "tiny")
     out = tmp_path / "out"
     assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe", "smoke",
-                 "--output-dir", str(out), *TINY_OVERRIDES, "heads.source=attention", "attention.distill=true",
-                 "ffn.recover=0.25", "--stop-after", "ffn"]) == 0
+                 "--output-dir", str(out), *TINY_OVERRIDES, *overrides, "--stop-after", "ffn"]) == 0
+    return out
+
+
+def test_heads_cut_from_the_attention_stage_weights_and_ffn_recovery(tmp_path):
+    from trimformer.io import load_pruned
+    from trimformer.plan import ShrinkPlan
+
+    out = tiny_run_to_ffn(tmp_path, "heads.source=attention", "attention.distill=true", "ffn.recover=0.25")
     trained = load_pruned(out / "stages" / "attention" / "model")
     tuned = load_pruned(out / "stages" / "finetune" / "model")
     cut = load_pruned(out / "stages" / "heads" / "model")
@@ -115,12 +120,7 @@ def test_heads_cut_from_the_attention_stage_weights_and_ffn_recovery(tmp_path):
 
 
 def test_global_allocation_keeps_the_uniform_totals(tmp_path):
-    glue_dir = write_sst2(tmp_path / "glue")
-    model_dir = write_tiny_model(tmp_path / "tiny")
-    out = tmp_path / "out"
-    assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe", "smoke",
-                 "--output-dir", str(out), *TINY_OVERRIDES, "attention.allocation=global", "ffn.allocation=global",
-                 "--stop-after", "ffn"]) == 0
+    out = tiny_run_to_ffn(tmp_path, "attention.allocation=global", "ffn.allocation=global")
     from trimformer.bench import layer_widths
     from trimformer.io import load_pruned
 
