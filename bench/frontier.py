@@ -24,6 +24,8 @@ Methods:
                the fine-tuned weights, no distillation while pruning attention, no recovery quarter)
   global     - trimformer's with heads and FFN channels allocated across layers by one ranking each
                (same totals, so about the same FLOPs and latency)
+  hidden     - trimformer's plus layer-wise hidden-state distillation (MSE, weight 1) from the fine-tuned
+               model in the attention, distil and FFN stages (the teacher runs at every step)
 
     python bench/frontier.py --tasks stsb --methods tutorial --scales 1 3 --stop-after heads
 looks at the heads a few regular_scale values keep without finishing the runs (a finished run
@@ -65,9 +67,12 @@ TUTORIAL = ["attention.mode=soft", "attention.granularity=auto", "attention.scor
 TRIMFORMER = ["attention.distill=true", "heads.source=attention", "ffn.recover=0.25"]
 # Methods swept by target speedup: trimformer's; `target` (the latency target alone: the ablation
 # that shows what the three settings above add); `global` (trimformer's with heads and FFN channels
-# ranked across layers instead of the same share per layer).
+# ranked across layers instead of the same share per layer); `hidden` (trimformer's with the
+# hidden states after every layer distilled from the fine-tuned model in every pruning stage).
 TARGET_METHODS = {"trimformer": TRIMFORMER, "target": [],
-                  "global": [*TRIMFORMER, "attention.allocation=global", "ffn.allocation=global"]}
+                  "global": [*TRIMFORMER, "attention.allocation=global", "ffn.allocation=global"],
+                  "hidden": [*TRIMFORMER, "attention.hidden_distill=1", "distil.hidden_distill=1",
+                             "ffn.hidden_distill=1"]}
 
 
 def method_overrides(method: str, value: float) -> tuple[list[str], list[str]]:

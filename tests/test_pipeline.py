@@ -127,3 +127,9 @@ def test_global_allocation_keeps_the_uniform_totals(tmp_path):
     heads, ffn = layer_widths(load_pruned(out / "stages" / "ffn" / "model"))
     assert sum(heads) == 4 and min(heads) >= 1  # 2 layers x 4 heads at 0.5
     assert abs(sum(ffn) - 64) <= 2 and min(ffn) >= 1  # 2 x 64 channels at 0.5 over 3 rounds (rounding)
+
+
+def test_hidden_state_distillation_in_every_pruning_stage(tmp_path):
+    out = tiny_run_to_ffn(tmp_path, "attention.hidden_distill=1", "distil.hidden_distill=1", "ffn.hidden_distill=1",
+                          "ffn.recover=0.25")
+    assert (out / "stages" / "ffn" / "done.json").is_file()

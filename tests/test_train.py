@@ -36,3 +36,39 @@ def test_eval_every_and_best_weights_are_kept():
     assert result.best_metric == 1.0
     best = snapshots[2]
     assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+
+
+def test_hidden_state_distillation_pulls_the_student_towards_the_teacher():
+    from trimformer.distill import hidden_loss
+
+    teacher = tiny_bert(seed=1).eval().requires_grad_(False)
+    batch = collate(make_set(8))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+
+    def gap(model) -> float:
+        with torch.no_grad():
+            student = model(**inputs, output_hidden_states=True).hidden_states
+            return float(hidden_loss(student, teacher(**inputs, output_hidden_states=True).hidden_states,
+                                     batch["attention_mask"]))
+
+    gaps = {}
+    for weight in (0.0, 5.0):
+        model = tiny_bert(seed=0)
+        fit(model, get_task("sst2"), make_set(), collate, TrainSettings(max_steps=12, batch_size=8, lr=1e-3,
+                                                                        hidden_weight=weight), teacher=teacher)
+        gaps[weight] = gap(model)
+    assert gaps[5.0] < 0.8 * gaps[0.0]  # 2.05 -> 1.38 when written
+
+
+def test_hidden_loss_is_zero_for_identical_states_and_ignores_padding():
+    from trimformer.distill import hidden_loss
+
+    states = tuple(torch.randn(2, 4, 8) for _ in range(3))
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    assert float(hidden_loss(states, states, mask)) == 0.0
+    padded = tuple(s.clone() for s in states)
+    for s in padded:
+        s[0, 3] += 100.0  # a padded position
+    assert float(hidden_loss(padded, states, mask)) == 0.0
+    moved = tuple(s + 1.0 for s in states)
+    assert float(hidden_loss(moved, states, mask)) == 1.0

@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["DistillConfig", "compute_teacher_logits", "kd_loss", "load_teacher_logits", "save_teacher_logits"]
+__all__ = ["DistillConfig", "compute_teacher_logits", "hidden_loss", "kd_loss", "load_teacher_logits",
+           "save_teacher_logits"]
 
 _CACHE_KEY = "teacher_logits"
 
@@ -40,6 +41,19 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         _check_mix(self.alpha, self.temperature)
+
+
+def hidden_loss(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[torch.Tensor, ...],
+                attention_mask: torch.Tensor) -> torch.Tensor:
+    """Layer-wise distillation: MSE between the student's and the teacher's hidden states after
+    every layer (embeddings excluded), over real tokens only, averaged over layers. Pruning heads
+    and FFN channels keeps the hidden size and the layer count, so the states match one to one."""
+    if len(student_hidden) != len(teacher_hidden):
+        raise ValueError(f"student has {len(student_hidden) - 1} layers, teacher {len(teacher_hidden) - 1}")
+    tokens = attention_mask.bool()
+    terms = [F.mse_loss(s.float()[tokens], t.detach().float()[tokens])
+             for s, t in zip(student_hidden[1:], teacher_hidden[1:], strict=True)]
+    return torch.stack(terms).mean()
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,

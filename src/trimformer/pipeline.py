@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -116,7 +116,15 @@ class Run:
                              lr=section.lr, warmup_ratio=section.warmup_ratio, distill=distill,
                              alpha=getattr(section, "alpha", 0.1), temperature=getattr(section, "temperature", 2.0),
                              seed=r.seed + seed_offset, checkpoint_every=r.checkpoint_every,
-                             bf16=self.options.bf16, eval_every=section.eval_every, **extra)
+                             bf16=self.options.bf16, eval_every=section.eval_every,
+                             hidden_weight=section.hidden_distill, **extra)
+
+    def teacher_model(self, section) -> nn.Module | None:
+        """The frozen fine-tuned model, when the stage distils hidden states."""
+        if section.hidden_distill <= 0:
+            return None
+        teacher = load_pruned(self.stage_dir("finetune") / "model", self.device).eval()
+        return teacher.requires_grad_(False)
 
     def teacher_set(self) -> glue.GlueDataset:
         logits = load_teacher_logits(self.out / "teacher_logits.safetensors", expected_rows=len(self.data.train))
@@ -167,7 +175,7 @@ class Run:
                      on_optimizer=lambda opt: opt.register_step_post_hook(lambda *_: engine.step()),
                      extra_loss=engine.regularization_loss,
                      extra_state=(engine.state_tensors, engine.load_state_tensors), device=self.device,
-                     desc="attention")
+                     desc="attention", teacher=self.teacher_model(section))
         engine.pruner.show_pruned_weights(log.info)
         masks = engine.pruner.masks
         dist.check_identical({n: m["weight"] for n, m in masks.items()}, "the attention masks")
@@ -203,7 +211,7 @@ class Run:
         result = fit(model, self.task, self.teacher_set(), self.data.collate,
                      self.settings(section, distill=True, keep_best=True), evaluate_fn=self.evaluate,
                      main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir(stage) / "checkpoint",
-                     device=self.device, desc=stage)
+                     device=self.device, desc=stage, teacher=self.teacher_model(section))
         dist.check_identical(model.state_dict(), f"the weights after {stage}")
         dist.on_main(lambda: save_pruned(model, self.stage_dir(stage) / "model", tokenizer=self.data.tokenizer))
         self.finish(stage, start, result.metrics)
@@ -248,27 +256,24 @@ class Run:
         total = base.max_steps or max(section.rounds, round(base.epochs * steps_per_epoch))
         per_round = max(1, int(total * (1 - section.recover)) // section.rounds)
         targets = json.loads(progress_file.read_text())["targets"] if done_rounds else self.ffn_targets(model)
-        teacher_set = self.teacher_set()
+        teacher_set, teacher = self.teacher_set(), self.teacher_model(section)
+
+        def train(steps: int, lr: float, seed: int, desc: str, **kwargs) -> None:
+            fit(model, self.task, teacher_set, self.data.collate,
+                replace(base, epochs=1.0, max_steps=steps, lr=lr, seed=seed, warmup_ratio=0.0),
+                device=self.device, desc=desc, teacher=teacher, **kwargs)
+
         for r in range(done_rounds, section.rounds):
-            config = self.ffn_round_config(targets)
-            pruner = Pruner(model, config, importance="taylor", granularity="out_channel")
+            pruner = Pruner(model, self.ffn_round_config(targets), importance="taylor", granularity="out_channel")
             gather = min(section.taylor_steps, per_round)
             lr = section.lr * (1 - r / section.rounds)
-            fit(model, self.task, teacher_set, self.data.collate,
-                TrainSettings(max_steps=gather, batch_size=base.batch_size, lr=lr, distill=True, alpha=section.alpha,
-                              temperature=section.temperature, seed=base.seed + 7919 * (r + 1), bf16=base.bf16),
-                device=self.device,
-                on_optimizer=lambda opt, p=pruner: opt.register_step_pre_hook(lambda *_: p.taylor.accumulate()),
-                desc=f"ffn round {r + 1}/{section.rounds}: scores")
+            train(gather, lr, base.seed + 7919 * (r + 1), f"ffn round {r + 1}/{section.rounds}: scores",
+                  on_optimizer=lambda opt, p=pruner: opt.register_step_pre_hook(lambda *_: p.taylor.accumulate()))
             masks = pruner.compute_masks(1.0)
             dist.check_identical({n: m["weight"] for n, m in masks.items()}, f"the FFN masks of round {r + 1}")
             shrink(model, masks)
             if per_round > gather:
-                fit(model, self.task, teacher_set, self.data.collate,
-                    TrainSettings(max_steps=per_round - gather, batch_size=base.batch_size, lr=lr, distill=True,
-                                  alpha=section.alpha, temperature=section.temperature,
-                                  seed=base.seed + 7919 * (r + 1) + 1, bf16=base.bf16),
-                    device=self.device, desc=f"ffn round {r + 1}/{section.rounds}")
+                train(per_round - gather, lr, base.seed + 7919 * (r + 1) + 1, f"ffn round {r + 1}/{section.rounds}")
             dist.on_main(lambda: save_pruned(model, folder / "round_model", tokenizer=self.data.tokenizer))
             dist.on_main(lambda r=r: write_json(progress_file, {"round": r + 1, "targets": targets}))
             log.info("ffn round %d/%d: widths %s", r + 1, section.rounds,
@@ -277,12 +282,8 @@ class Run:
         if section.recover > 0 and recover > 0 and not (folder / "model").is_dir():
             # Train at the final width for the steps kept back, the learning rate decaying to zero.
             log.info("ffn: %d steps at the final width", recover)
-            fit(model, self.task, teacher_set, self.data.collate,
-                TrainSettings(max_steps=recover, batch_size=base.batch_size, lr=section.lr / section.rounds,
-                              distill=True, alpha=section.alpha, temperature=section.temperature,
-                              seed=base.seed + 7919 * (section.rounds + 1), checkpoint_every=base.checkpoint_every,
-                              bf16=base.bf16),
-                checkpoint_dir=folder / "recover_checkpoint", device=self.device, desc="ffn recover")
+            train(recover, section.lr / section.rounds, base.seed + 7919 * (section.rounds + 1), "ffn recover",
+                  checkpoint_dir=folder / "recover_checkpoint")
         dist.on_main(lambda: save_pruned(model, folder / "model", tokenizer=self.data.tokenizer))
         self.finish("ffn", start, self.evaluate(model))
 

@@ -27,6 +27,9 @@ class StageTrain(_Strict):
     lr: float = Field(3e-5, gt=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     eval_every: int | None = Field(None, ge=1)  # stages that keep their best weights also evaluate this often
+    # Pruning stages: > 0 adds this weight x the MSE between the model's hidden states and the
+    # fine-tuned model's after every layer (the teacher then runs at every step).
+    hidden_distill: float = Field(0.0, ge=0)
 
 
 class Finetune(StageTrain):

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from trimformer import dist
 from trimformer.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from trimformer.distill import kd_loss
+from trimformer.distill import hidden_loss, kd_loss
 from trimformer.glue import TaskSpec
 from trimformer.glue_metrics import combine_splits, compute_metrics
 
@@ -47,6 +47,7 @@ class TrainSettings:
     keep_best: bool = False  # evaluate at each epoch end (and every `eval_every` steps); keep the best weights
     eval_every: int | None = None
     bf16: bool = False  # autocast the forward to bfloat16 (GPUs); optimiser state stays float32
+    hidden_weight: float = 0.0  # > 0 (with a teacher given to fit): add this x layer-wise hidden-state MSE
 
 
 @dataclass
@@ -107,9 +108,11 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
         checkpoint_dir: Path | None = None, on_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
         extra_loss: Callable[[], torch.Tensor] | None = None,
         extra_state: tuple[Callable[[], dict], Callable[[dict, int], None]] | None = None,
-        device: torch.device | str = "cpu", desc: str = "train") -> FitResult:
+        device: torch.device | str = "cpu", desc: str = "train", teacher: nn.Module | None = None) -> FitResult:
     """Train `model` in place. `on_optimizer` attaches pruners to the optimiser; `extra_state`
-    = (get tensors, set tensors and step) lets a pruner's state ride in the checkpoints."""
+    = (get tensors, set tensors and step) lets a pruner's state ride in the checkpoints; `teacher`
+    (frozen) supplies hidden states when `settings.hidden_weight` > 0."""
+    layer_kd = teacher is not None and settings.hidden_weight > 0
     torch.manual_seed(settings.seed)
     steps_per_epoch = math.ceil(len(train_set) / settings.batch_size)
     total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
@@ -151,12 +154,19 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
             on_gpu = torch.device(device).type == "cuda"  # pinned host memory lets the copy overlap compute
             batch = {k: (v.pin_memory() if on_gpu else v).to(device, non_blocking=on_gpu) for k, v in batch.items()}
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=settings.bf16):
-                logits = forward(**model_inputs(batch)).logits.float()
+                output = forward(**model_inputs(batch), output_hidden_states=layer_kd)
+                if layer_kd:
+                    with torch.no_grad():
+                        teacher_hidden = teacher(**model_inputs(batch), output_hidden_states=True).hidden_states
+            logits = output.logits.float()
             if settings.distill and "teacher_logits" in batch:
                 loss = kd_loss(logits, batch["teacher_logits"], batch["labels"], alpha=settings.alpha,
                                temperature=settings.temperature, regression=task.is_regression)
             else:
                 loss = task_loss(task, logits, batch["labels"])
+            if layer_kd:
+                loss = loss + settings.hidden_weight * hidden_loss(output.hidden_states, teacher_hidden,
+                                                                   batch["attention_mask"])
             if extra_loss is not None:
                 loss = loss + extra_loss().to(loss.device)
             optimizer.zero_grad(set_to_none=True)
