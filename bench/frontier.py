@@ -226,10 +226,14 @@ def write_summary() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (task, method), group in _groups(rows).items():
+    tasks = sorted({r["task"] for r in rows})
+    styles = {"trimformer": ("o", "-"), "tutorial": ("s", "--"), "target": ("^", ":"), "global": ("D", ":"),
+              "hidden": ("v", ":")}
+    for (task, method), group in sorted(_groups(rows).items()):
         group.sort(key=lambda r: r["speedup"])
-        ax.plot([r["speedup"] for r in group], [r["drop"] for r in group], marker="o" if method == "trimformer"
-                else "s", linestyle="-" if method == "trimformer" else "--", label=f"{task} {method}")
+        marker, line = styles.get(method, ("x", ":"))
+        ax.plot([r["speedup"] for r in group], [r["drop"] for r in group], marker=marker, linestyle=line,
+                color=f"C{tasks.index(task)}", label=f"{task} {method}")
     ax.set_xlabel("measured CPU speedup (x)")
     ax.set_ylabel("metric drop (points, lower is better)")
     ax.grid(alpha=0.3)
