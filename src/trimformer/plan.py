@@ -148,14 +148,20 @@ def plan_from_masks(model: nn.Module, masks: MaskDict, drop_empty_layers: bool =
     return ShrinkPlan(st.family, st.num_heads, st.head_dim, tuple(layers))
 
 
-def value_rule_masks(model: nn.Module, masks: dict) -> dict:
+def whole_head_masks(model: nn.Module, layer, keep_heads: torch.Tensor, head_dim: int) -> MaskDict:
+    """Masks that keep or remove whole heads of one layer: q, k, v rows and output columns together."""
+    rows = keep_heads.float().repeat_interleave(head_dim)
+    out = {name: {"weight": rows[:, None].expand_as(model.get_submodule(name).weight).clone()}
+           for name in (layer.query, layer.key, layer.value)}
+    out[layer.attn_out] = {"weight": rows[None, :].expand_as(model.get_submodule(layer.attn_out).weight).clone()}
+    return out
+
+
+def value_rule_masks(model: nn.Module, masks: MaskDict) -> MaskDict:
     """The tutorial's head rule as whole-head masks: a head goes when its value rows are all masked
     (its query, key and output weights go with it); every other head is kept whole."""
     structure, out = model_structure(model), {}
     for layer in structure.layers:
         gone = masks[layer.value]["weight"].reshape(structure.num_heads, -1).sum(-1) == 0
-        rows = (~gone).repeat_interleave(structure.head_dim).float()
-        for name in (layer.query, layer.key, layer.value):
-            out[name] = {"weight": rows[:, None].expand(-1, structure.hidden_size).clone()}
-        out[layer.attn_out] = {"weight": rows[None, :].expand(structure.hidden_size, -1).clone()}
+        out.update(whole_head_masks(model, layer, ~gone, structure.head_dim))
     return out

@@ -23,6 +23,7 @@ from trimformer import dist
 from trimformer.allocate import Block, allocate, block_reduce, global_head_keep, resolve_block, topk_keep
 from trimformer.config import GranularitySpec
 from trimformer.masks import MaskDict, apply_masks, current_masks, remove_masks
+from trimformer.plan import whole_head_masks
 from trimformer.schedule import Constant, Cubic, Schedule
 from trimformer.scoring import Importance, MovementMask, TaylorImportance, l1_importance, l2_importance
 from trimformer.select import Target, select_targets
@@ -101,11 +102,7 @@ class Pruner:
         else:
             keeps = [topk_keep(score, s) for score, s in zip(head_scores, sparsities, strict=True)]
         for layer, keep in zip(layers, keeps, strict=True):
-            keep = keep.repeat_interleave(hd)
-            for n in (layer.query, layer.key, layer.value):
-                masks[n] = {"weight": keep[:, None].expand_as(by_name[n].module.weight).clone().float()}
-            masks[layer.attn_out] = {"weight": keep[None, :].expand_as(by_name[layer.attn_out].module.weight)
-                                     .clone().float()}
+            masks.update(whole_head_masks(self.model, layer, keep, hd))
         return masks
 
     # -- apply --------------------------------------------------------------------------------
