@@ -1,8 +1,10 @@
 """Accuracy/speedup frontier: the NNI tutorial's method vs trimformer's, same protocol, same machine.
 
-    python bench/frontier.py [--tasks mrpc stsb rte cola sst2] [--points 2 3 5] [--scales 5 10 20 30]
+    python bench/frontier.py [--tasks mrpc stsb rte cola sst2] [--points 2 3 5] [--scales 0 1 5]
                              [--methods tutorial trimformer] [--glue-dir ../shared/glue] [--work runs/frontier]
+                             [--model DIR] [--bf16] [--machine TEXT] [--override key=value ...]
     python bench/frontier.py --remeasure [--repeats 20]   # re-time every finished point, quietly
+    python bench/device_frontier.py ...                   # the whole sweep on one GPU, many points at once
 
 Protocol (shared by every method, written into every result): the packaged MiniLM; fine-tune 3
 epochs once per task (shared by all points and methods, with its teacher logits); then per point:
@@ -17,13 +19,13 @@ Methods:
                only when all its blocks are masked, partly masked heads restored, the tutorial's FFN
                rule (keep half as much FFN as the layer kept heads)
   trimformer - `--target-speedup P`: heads and FFN sizes chosen from measured latency, hard movement
-               on whole heads (q, k, v, o together) with distillation during that epoch, heads cut
-               from the weights trained under the masks, coupled Taylor FFN channels in 12 rounds over
-               the first three quarters of the FFN epoch, the last quarter at the final width
+               on whole heads (q, k, v, o together) ranked across all layers at once, with distillation
+               during that epoch, heads cut from the weights trained under the masks, coupled Taylor FFN
+               channels ranked across layers in 12 rounds over the first three quarters of the FFN
+               epoch, the last quarter at the final width
+  layerwise  - ablation: trimformer's with the same share of heads and channels kept in every layer
   target     - ablation: `--target-speedup P` with the default recipe's other settings (heads cut from
                the fine-tuned weights, no distillation while pruning attention, no recovery quarter)
-  global     - trimformer's with heads and FFN channels allocated across layers by one ranking each
-               (same totals, so about the same FLOPs and latency)
   hidden     - trimformer's plus layer-wise hidden-state distillation (MSE, weight 1) from the fine-tuned
                model in the attention, distil and FFN stages (the teacher runs at every step)
 
@@ -43,10 +45,13 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from frontier_report import remeasure, write_summary  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "frontier"
 PROTOCOL = ["finetune.epochs=3", "finetune.lr=3e-5", "finetune.warmup_ratio=0", "attention.epochs=1",
             "attention.lr=3e-5", "attention.warm_up=0.25", "attention.cool_down=0.75", "distil.epochs=1",
             "distil.lr=3e-5", "ffn.epochs=1", "ffn.rounds=12", "ffn.lr=3e-5", "final_distil.enabled=false",
@@ -54,25 +59,30 @@ PROTOCOL = ["finetune.epochs=3", "finetune.lr=3e-5", "finetune.warmup_ratio=0", 
             "finetune.eval_every=null", "distil.eval_every=null", "bench.batch_size=32", "bench.seq_len=128",
             "bench.repeats=10"]
 TASK_SAMPLES = {"sst2": 10000}
-GOALS = {2.0: 0.5, 3.0: 1.5, 5.0: 3.0}  # the issue's mean drop (points) allowed at each speedup
 # The tutorial's method as NNI ran it: soft movement on per-head blocks, scores trained by Adam at
 # 1e-2, blocks kept above a threshold ramping to 0.1, a head removed when its value rows are masked,
 # heads cut from the fine-tuned weights, the FFN kept at half the heads' keep ratio.
 TUTORIAL = ["attention.mode=soft", "attention.granularity=auto", "attention.score_optimizer=adam",
             "attention.score_lr=0.01", "attention.threshold=0.1", "heads.rule=value", "heads.source=finetune",
             "heads.restore_partial=true", "ffn.rule=tutorial"]
-# trimformer's method on top of `--target-speedup`: KD during the attention epoch, heads cut from the
-# weights trained under the masks (not the fine-tuned ones), and the last quarter of the FFN epoch
-# trained at the final width.
-TRIMFORMER = ["attention.distill=true", "heads.source=attention", "ffn.recover=0.25"]
-# Methods swept by target speedup: trimformer's; `target` (the latency target alone: the ablation
-# that shows what the three settings above add); `global` (trimformer's with heads and FFN channels
-# ranked across layers instead of the same share per layer); `hidden` (trimformer's with the
-# hidden states after every layer distilled from the fine-tuned model in every pruning stage).
-TARGET_METHODS = {"trimformer": TRIMFORMER, "target": [],
-                  "global": [*TRIMFORMER, "attention.allocation=global", "ffn.allocation=global"],
+# trimformer's method on top of `--target-speedup`: heads and FFN channels allocated across layers by
+# one ranking each (same totals as the latency target's shape), KD during the attention epoch, heads
+# cut from the weights trained under the masks (not the fine-tuned ones), and the last quarter of the
+# FFN epoch trained at the final width. Measured best on STS-B (bench/results/frontier-cpu).
+LAYERWISE = ["attention.distill=true", "heads.source=attention", "ffn.recover=0.25"]
+TRIMFORMER = [*LAYERWISE, "attention.allocation=global", "ffn.allocation=global"]
+# Methods swept by target speedup: trimformer's; ablations: `layerwise` (the same share of heads and
+# channels in every layer), `target` (the latency target alone, default recipe otherwise) and `hidden`
+# (trimformer's with the hidden states after every layer distilled in every pruning stage).
+TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": [],
                   "hidden": [*TRIMFORMER, "attention.hidden_distill=1", "distil.hidden_distill=1",
                              "ffn.hidden_distill=1"]}
+PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
+                 "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
+                 "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "
+                 "sets. Drop = dense minus pruned main metric, in points. Speedup = dense vs pruned CPU latency "
+                 "at 32 x 128, interleaved in one process (`speedup_at_run` when a point was re-timed with "
+                 "`--remeasure`). Methods and commands: `bench/frontier.py` and each JSON's `command`.")
 
 
 def method_overrides(method: str, value: float) -> tuple[list[str], list[str]]:
@@ -82,29 +92,40 @@ def method_overrides(method: str, value: float) -> tuple[list[str], list[str]]:
     return [], TUTORIAL + [f"attention.regular_scale={value}"]
 
 
+@dataclass
+class Harness:
+    """Where a sweep reads and writes, and what every run of it adds to the protocol."""
+
+    glue_dir: str
+    work: Path
+    run_flags: list[str] = field(default_factory=list)  # e.g. --model DIR --bf16 (the same for every run)
+    overrides: list[str] = field(default_factory=list)  # recipe overrides after the protocol's and the method's
+    machine: str = f"CPU ({os.cpu_count()} cores)"  # where the points are trained, recorded in each result
+
+
 def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL)
 
 
-def base_cmd(task: str, glue_dir: str, out: Path) -> list[str]:
+def base_cmd(task: str, harness: Harness, out: Path) -> list[str]:
     samples = [f"max_train_samples={TASK_SAMPLES[task]}"] if task in TASK_SAMPLES else []
-    return [sys.executable, "-m", "trimformer", "run", "--task", task, "--glue-dir", glue_dir, "--recipe", "default",
-            "--output-dir", str(out), *PROTOCOL, *samples]
+    return [sys.executable, "-m", "trimformer", "run", "--task", task, "--glue-dir", harness.glue_dir, "--recipe",
+            "default", "--output-dir", str(out), *harness.run_flags, *PROTOCOL, *samples]
 
 
-def shared_finetune(task: str, glue_dir: str, work: Path) -> Path:
+def shared_finetune(task: str, harness: Harness) -> Path:
     """The task's fine-tuned model and teacher logits, made once."""
-    out = work / task / "finetune"
+    out = harness.work / task / "finetune"
     if not (out / "stages" / "finetune" / "done.json").is_file():
-        run([*base_cmd(task, glue_dir, out), "--stop-after", "finetune", *(["--resume"] if out.exists() else [])])
+        run([*base_cmd(task, harness, out), *harness.overrides, "--stop-after", "finetune",
+             *(["--resume"] if out.exists() else [])])
     return out
 
 
-def one_point(task: str, method: str, value: float, glue_dir: str, work: Path,
-              stop_after: str | None = None) -> dict | None:
+def one_point(task: str, method: str, value: float, harness: Harness, stop_after: str | None = None) -> dict | None:
     """Run one (task, method, point) from the shared fine-tune; return its result row (None when
     `stop_after` ends the run early, e.g. to see the heads a regular_scale keeps)."""
-    shared = shared_finetune(task, glue_dir, work)
+    shared, work = shared_finetune(task, harness), harness.work
     out = work / task / f"{method}-{value:g}"
     if not (out / "stages" / "finetune" / "done.json").is_file():
         shutil.rmtree(out, ignore_errors=True)
@@ -112,7 +133,7 @@ def one_point(task: str, method: str, value: float, glue_dir: str, work: Path,
         shutil.copytree(shared / "stages" / "finetune", out / "stages" / "finetune")
         shutil.copy(shared / "teacher_logits.safetensors", out / "teacher_logits.safetensors")
     flags, overrides = method_overrides(method, value)
-    cmd = [*base_cmd(task, glue_dir, out), "--resume", *flags, *overrides]
+    cmd = [*base_cmd(task, harness, out), "--resume", *flags, *overrides, *harness.overrides]
     # One latency calibration per target, shared by every task (the shapes depend on the model only).
     shared_target = work / "targets" / f"x{value:g}.json"
     if method in TARGET_METHODS and shared_target.is_file() and not (out / "target.json").is_file():
@@ -136,173 +157,57 @@ def one_point(task: str, method: str, value: float, glue_dir: str, work: Path,
             "total_sparsity": report["total_sparsity"], "flops_ratio": report["flops_ratio"],
             "speedup": report["speedup"], "heads_per_layer": report["heads_per_layer"],
             "ffn_per_layer": report["ffn_per_layer"], "seconds": time.perf_counter() - start,
-            "command": " ".join(str(c) for c in cmd).replace(sys.executable, "python")}
-
-
-def remeasure(work: Path, repeats: int) -> None:
-    """Time every finished point again on a quiet machine (dense and pruned interleaved in one process)
-    and store it as `speedup`; the figure taken at the end of the run stays as `speedup_at_run`."""
-    from trimformer.bench import compare_latency
-    from trimformer.io import load_pruned
-
-    for path in sorted(RESULTS.glob("*-*-*.json")):
-        row = json.loads(path.read_text())
-        value = next(iter(row["sweep"].values()))
-        out = work / row["task"] / f"{row['method']}-{value:g}"
-        if not (out / "model").is_dir():
-            print(f"skip {path.name}: {out / 'model'} is not here")
-            continue
-        result = compare_latency(load_pruned(out / "stages" / "finetune" / "model"), load_pruned(out / "model"),
-                                 32, 128, warmup=3, repeats=repeats)
-        row.setdefault("speedup_at_run", row["speedup"])
-        row["speedup"] = result.speedup
-        row["speedup_command"] = f"python bench/frontier.py --remeasure --repeats {repeats}"
-        row["load_average"] = os.getloadavg()[0]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(row, indent=2))
-        os.replace(tmp, path)
-        print(f"{path.name}: x{row['speedup_at_run']:.2f} at run, x{result.speedup:.2f} now")
-
-
-def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
-    """Linear interpolation of (speedup, drop) points at speedup x; None outside their range."""
-    points = sorted(points)
-    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return points[0][1] if len(points) == 1 and abs(points[0][0] - x) < 1e-9 else None
-
-
-def versus_tutorial(row: dict, tutorial: list[tuple[float, float]]) -> tuple[float | None, bool | None]:
-    """(the tutorial's drop interpolated at the row's speedup, whether the row is ahead). Outside the
-    tutorial's range a point still counts as ahead when a tutorial point is no faster and no better
-    (it dominates), and as behind when a tutorial point is no slower and no worse."""
-    theirs = interpolate(tutorial, row["speedup"]) if tutorial else None
-    if theirs is not None:
-        return theirs, row["drop"] < theirs
-    if any(s <= row["speedup"] and d >= row["drop"] for s, d in tutorial):
-        return None, True
-    if any(s >= row["speedup"] and d <= row["drop"] for s, d in tutorial):
-        return None, False
-    return None, None
-
-
-def comparison_lines(rows: list[dict]) -> list[str]:
-    """Per method swept by target and per target: each task's drop, the tutorial's at the same
-    measured speedup (interpolated along its own sweep on that task), means over tasks, the goal."""
-    lines = ["## Each method vs the tutorial at the same speedup", "",
-             "Tutorial drops are interpolated along its own sweep on the same task at the method's measured "
-             "speedup; outside the sweep's range a point is ahead when it dominates a tutorial point (faster "
-             "and better), behind when dominated, else n/a.", "",
-             "| method | target | task | speedup | drop | tutorial drop | ahead |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    groups, summary = _groups(rows), []
-    keys = sorted({(r["method"], r["sweep"]["target_speedup"]) for r in rows if r["method"] in TARGET_METHODS})
-    for method, target in keys:
-        ours = sorted((r for r in rows if r["method"] == method and r["sweep"]["target_speedup"] == target),
-                      key=lambda r: r["task"])
-        ahead = []
-        for r in ours:
-            theirs, is_ahead = versus_tutorial(r, [(t["speedup"], t["drop"]) for t in groups.get((r["task"],
-                                                                                                 "tutorial"), [])])
-            if is_ahead is not None:
-                ahead.append(is_ahead)
-            verdict = "n/a" if is_ahead is None else ("yes" if is_ahead else "no")
-            lines.append(f"| {method} | x{target:g} | {r['task']} | {r['speedup']:.2f}x | {r['drop']:+.2f} | "
-                         f"{'n/a' if theirs is None else f'{theirs:+.2f}'} | {verdict} |")
-        goal, mean = GOALS.get(target), sum(r["drop"] for r in ours) / len(ours)
-        summary.append(f"| {method} | x{target:g} | {len(ours)} | {sum(r['speedup'] for r in ours) / len(ours):.2f}x "
-                       f"| {mean:+.2f} | {'n/a' if goal is None else f'<= {goal:g}'} | "
-                       f"{'n/a' if goal is None else ('met' if mean <= goal else 'not met')} | "
-                       f"{sum(ahead)} of {len(ahead)} |")
-    lines += ["", "## Goal check (mean over the tasks run so far)", "",
-              "| method | target | tasks | mean speedup | mean drop | goal | | ahead of the tutorial |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |", *summary]
-    return lines
-
-
-def write_summary() -> None:
-    """Combined table (Markdown) and plot (PNG) over every result JSON."""
-    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    lines = ["| task | method | sweep | dense | pruned | drop (points) | speedup | FLOPs ratio | sparsity |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(rows, key=lambda r: (r["task"], r["method"], r["speedup"])):
-        sweep = ", ".join(f"{k}={v:g}" for k, v in r["sweep"].items())
-        lines.append(f"| {r['task']} | {r['method']} | {sweep} | {r['dense_metric']:.4f} "
-                     f"| {r['pruned_metric']:.4f} | {r['drop']:+.2f} | {r['speedup']:.2f}x "
-                     f"| {r['flops_ratio']:.2f}x | {r['total_sparsity']:.1%} |")
-    protocol = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
-                "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
-                "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev sets. "
-                "Drop = dense minus pruned main metric, in points. Speedup = dense vs pruned CPU latency at "
-                "32 x 128, interleaved in one process (`speedup_at_run` when a point was re-timed with "
-                "`--remeasure`). Methods and commands: `bench/frontier.py` and each JSON's `command`.")
-    text = ("# Frontier\n\n" + protocol + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(comparison_lines(rows))
-            + "\n")
-    (RESULTS / "frontier.md").write_text(text)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    tasks = sorted({r["task"] for r in rows})
-    styles = {"trimformer": ("o", "-"), "tutorial": ("s", "--"), "target": ("^", ":"), "global": ("D", ":"),
-              "hidden": ("v", ":")}
-    for (task, method), group in sorted(_groups(rows).items()):
-        group.sort(key=lambda r: r["speedup"])
-        marker, line = styles.get(method, ("x", ":"))
-        ax.plot([r["speedup"] for r in group], [r["drop"] for r in group], marker=marker, linestyle=line,
-                color=f"C{tasks.index(task)}", label=f"{task} {method}")
-    ax.set_xlabel("measured CPU speedup (x)")
-    ax.set_ylabel("metric drop (points, lower is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "frontier.png", dpi=110)
-
-
-def _groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["task"], r["method"]), []).append(r)
-    return groups
+            "command": " ".join(str(c) for c in cmd).replace(sys.executable, "python"),
+            "trained_on": harness.machine}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["mrpc", "stsb", "rte", "cola", "sst2"])
     parser.add_argument("--points", nargs="+", type=float, default=[2.0, 3.0, 5.0], help="trimformer target speedups")
-    parser.add_argument("--scales", nargs="+", type=float, default=[5.0, 10.0, 20.0, 30.0],
+    parser.add_argument("--scales", nargs="+", type=float, default=[0.0, 1.0, 5.0],
                         help="tutorial regular_scale values")
     parser.add_argument("--methods", nargs="+", default=["tutorial", "trimformer"])
     parser.add_argument("--glue-dir", default=str(ROOT.parent / "shared" / "glue"))
     parser.add_argument("--work", default=str(ROOT / "runs" / "frontier"))
-    parser.add_argument("--stop-after", choices=["attention", "heads", "distil"],
+    parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "frontier"))
+    parser.add_argument("--model", help="model folder (default: the packaged MiniLM)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast while training (GPUs)")
+    parser.add_argument("--machine", help="where the points are trained, recorded in each result")
+    parser.add_argument("--override", nargs="+", default=[], help="recipe key=value after the protocol's")
+    parser.add_argument("--stop-after", choices=["finetune", "attention", "heads", "distil"],
                         help="stop each run after this stage and write no result (a quick look at a sweep)")
     parser.add_argument("--remeasure", action="store_true", help="only re-time the finished points")
     parser.add_argument("--repeats", type=int, default=20, help="timed passes per model with --remeasure")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
     if args.remeasure:
-        remeasure(Path(args.work), args.repeats)
-        write_summary()
+        remeasure(results, Path(args.work), args.repeats)
+        write_summary(results, PROTOCOL_NOTE)
         return
+    harness = Harness(args.glue_dir, Path(args.work), [*(["--model", args.model] if args.model else []),
+                                                        *(["--bf16"] if args.bf16 else [])], args.override)
+    if args.machine:
+        harness.machine = args.machine
     for task in args.tasks:
+        if args.stop_after == "finetune":
+            shared_finetune(task, harness)
+            continue
         for method in args.methods:
             for value in args.points if method in TARGET_METHODS else args.scales:
-                path = RESULTS / f"{task}-{method}-{value:g}.json"
+                path = results / f"{task}-{method}-{value:g}.json"
                 if path.is_file():
                     continue
-                row = one_point(task, method, value, args.glue_dir, Path(args.work), args.stop_after)
+                row = one_point(task, method, value, harness, args.stop_after)
                 if row is None:
                     continue
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(row, indent=2))
                 os.replace(tmp, path)
                 print(json.dumps(row))
-                write_summary()
-    write_summary()
+                write_summary(results, PROTOCOL_NOTE)
+    write_summary(results, PROTOCOL_NOTE)
 
 
 if __name__ == "__main__":

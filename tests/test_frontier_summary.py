@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "frontier.py"
-_spec = importlib.util.spec_from_file_location("frontier", SCRIPT)
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "frontier_report.py"
+_spec = importlib.util.spec_from_file_location("frontier_report", SCRIPT)
 frontier = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(frontier)
 

@@ -103,9 +103,10 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _build(folder: Path) -> nn.Module:
-    """The architecture named in config.json at its dense dimensions, shrunk to the recorded shape."""
-    path = folder / CONFIG
+def build_architecture(folder: str | os.PathLike, dense: bool = False) -> nn.Module:
+    """The architecture a saved folder's config.json describes, shrunk to the recorded per-layer shape
+    (or left dense), with random weights: for timing and shape checks, where no weights are needed."""
+    path = Path(folder) / CONFIG
     data = _read_json(path)
     try:
         config = transformers.AutoConfig.for_model(**data)
@@ -119,7 +120,7 @@ def _build(folder: Path) -> nn.Module:
     with torch.random.fork_rng():  # the throw-away random init must not move the caller's RNG
         model = cls.from_config(config) if auto else cls(config)
     heads, ffn = data.get("trimformer_heads_per_layer"), data.get("trimformer_ffn_per_layer")
-    if heads is None and ffn is None:
+    if dense or (heads is None and ffn is None):
         return model  # a dense model
     st = model_structure(model)
     n = len(st.layers)
@@ -149,7 +150,7 @@ def load_pruned(folder: str | os.PathLike, device: str | torch.device = "cpu") -
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise PrunedModelError(f"missing file: {weights}")
-    model = _build(folder)
+    model = build_architecture(folder)
     _load_weights(model, weights)
     return model.to(device).eval()
 

@@ -57,6 +57,7 @@ def fold_dead_channels(producer: nn.Linear, consumer: nn.Linear, removed: torch.
     """Add to `consumer.bias` what removed channels with an all-zero input row still contribute."""
     if consumer.bias is None or producer.bias is None or removed.numel() == 0:
         return
+    removed = removed.to(producer.weight.device)  # plans are CPU indices; weights may be on a GPU
     dead = removed[producer.weight[removed].eq(0).all(dim=1)]
     if dead.numel():
         const = act(producer.bias[dead]) if act is not None else producer.bias[dead]

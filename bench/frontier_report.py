@@ -1,0 +1,144 @@
+"""The frontier's summary: re-timing finished points, the comparison with the tutorial, table and plot.
+
+Used by `bench/frontier.py`; kept apart so the comparison rules are small, pure and tested
+(tests/test_frontier_summary.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+GOALS = {2.0: 0.5, 3.0: 1.5, 5.0: 3.0}  # the issue's mean drop (points) allowed at each speedup
+
+
+def is_target_point(row: dict) -> bool:
+    """A point swept by target speedup (a trimformer method), not by the tutorial's regular_scale."""
+    return "target_speedup" in row["sweep"]
+
+
+def remeasure(results: Path, work: Path, repeats: int) -> None:
+    """Time every finished point again on a quiet machine (dense and pruned interleaved in one process)
+    and store it as `speedup`; the figure taken at the end of the run stays as `speedup_at_run`. Only
+    each point's model/config.json is needed: latency does not depend on the weights' values, so points
+    trained elsewhere (a GPU) are timed here from their recorded shapes."""
+    from trimformer.bench import compare_latency
+    from trimformer.io import build_architecture
+
+    for path in sorted(results.glob("*-*-*.json")):
+        row = json.loads(path.read_text())
+        value = next(iter(row["sweep"].values()))
+        out = work / row["task"] / f"{row['method']}-{value:g}"
+        if not (out / "model" / "config.json").is_file():
+            print(f"skip {path.name}: {out / 'model' / 'config.json'} is not here")
+            continue
+        dense, pruned = build_architecture(out / "model", dense=True), build_architecture(out / "model")
+        result = compare_latency(dense.eval(), pruned.eval(), 32, 128, warmup=3, repeats=repeats)
+        row.setdefault("speedup_at_run", row["speedup"])
+        row["speedup"] = result.speedup
+        row["speedup_command"] = f"python bench/frontier.py --remeasure --repeats {repeats}"
+        row["load_average"] = os.getloadavg()[0]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(row, indent=2))
+        os.replace(tmp, path)
+        print(f"{path.name}: x{row['speedup_at_run']:.2f} at run, x{result.speedup:.2f} now")
+
+
+def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """Linear interpolation of (speedup, drop) points at speedup x; None outside their range."""
+    points = sorted(points)
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[0][1] if len(points) == 1 and abs(points[0][0] - x) < 1e-9 else None
+
+
+def versus_tutorial(row: dict, tutorial: list[tuple[float, float]]) -> tuple[float | None, bool | None]:
+    """(the tutorial's drop interpolated at the row's speedup, whether the row is ahead). Outside the
+    tutorial's range a point still counts as ahead when a tutorial point is no faster and no better
+    (it dominates), and as behind when a tutorial point is no slower and no worse."""
+    theirs = interpolate(tutorial, row["speedup"]) if tutorial else None
+    if theirs is not None:
+        return theirs, row["drop"] < theirs
+    if any(s <= row["speedup"] and d >= row["drop"] for s, d in tutorial):
+        return None, True
+    if any(s >= row["speedup"] and d <= row["drop"] for s, d in tutorial):
+        return None, False
+    return None, None
+
+
+def comparison_lines(rows: list[dict]) -> list[str]:
+    """Per method swept by target and per target: each task's drop, the tutorial's at the same
+    measured speedup (interpolated along its own sweep on that task), means over tasks, the goal."""
+    lines = ["## Each method vs the tutorial at the same speedup", "",
+             "Tutorial drops are interpolated along its own sweep on the same task at the method's measured "
+             "speedup; outside the sweep's range a point is ahead when it dominates a tutorial point (faster "
+             "and better), behind when dominated, else n/a.", "",
+             "| method | target | task | speedup | drop | tutorial drop | ahead |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    groups, summary = _groups(rows), []
+    keys = sorted({(r["method"], r["sweep"]["target_speedup"]) for r in rows if is_target_point(r)})
+    for method, target in keys:
+        ours = sorted((r for r in rows if r["method"] == method and r["sweep"]["target_speedup"] == target),
+                      key=lambda r: r["task"])
+        ahead = []
+        for r in ours:
+            theirs, is_ahead = versus_tutorial(r, [(t["speedup"], t["drop"]) for t in groups.get((r["task"],
+                                                                                                 "tutorial"), [])])
+            if is_ahead is not None:
+                ahead.append(is_ahead)
+            verdict = "n/a" if is_ahead is None else ("yes" if is_ahead else "no")
+            lines.append(f"| {method} | x{target:g} | {r['task']} | {r['speedup']:.2f}x | {r['drop']:+.2f} | "
+                         f"{'n/a' if theirs is None else f'{theirs:+.2f}'} | {verdict} |")
+        goal, mean = GOALS.get(target), sum(r["drop"] for r in ours) / len(ours)
+        summary.append(f"| {method} | x{target:g} | {len(ours)} | {sum(r['speedup'] for r in ours) / len(ours):.2f}x "
+                       f"| {mean:+.2f} | {'n/a' if goal is None else f'<= {goal:g}'} | "
+                       f"{'n/a' if goal is None else ('met' if mean <= goal else 'not met')} | "
+                       f"{sum(ahead)} of {len(ahead)} |")
+    lines += ["", "## Goal check (mean over the tasks run so far)", "",
+              "| method | target | tasks | mean speedup | mean drop | goal | | ahead of the tutorial |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |", *summary]
+    return lines
+
+
+def write_summary(results: Path, protocol: str) -> None:
+    """Combined table (Markdown) and plot (PNG) over every result JSON."""
+    rows = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+    lines = ["| task | method | sweep | dense | pruned | drop (points) | speedup | FLOPs ratio | sparsity |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(rows, key=lambda r: (r["task"], r["method"], r["speedup"])):
+        sweep = ", ".join(f"{k}={v:g}" for k, v in r["sweep"].items())
+        lines.append(f"| {r['task']} | {r['method']} | {sweep} | {r['dense_metric']:.4f} "
+                     f"| {r['pruned_metric']:.4f} | {r['drop']:+.2f} | {r['speedup']:.2f}x "
+                     f"| {r['flops_ratio']:.2f}x | {r['total_sparsity']:.1%} |")
+    text = ("# Frontier\n\n" + protocol + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(comparison_lines(rows))
+            + "\n")
+    (results / "frontier.md").write_text(text)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    tasks = sorted({r["task"] for r in rows})
+    styles = {"trimformer": ("o", "-"), "tutorial": ("s", "--"), "target": ("^", ":"), "global": ("D", ":"),
+              "hidden": ("v", ":")}
+    for (task, method), group in sorted(_groups(rows).items()):
+        group.sort(key=lambda r: r["speedup"])
+        marker, line = styles.get(method, ("x", ":"))
+        ax.plot([r["speedup"] for r in group], [r["drop"] for r in group], marker=marker, linestyle=line,
+                color=f"C{tasks.index(task)}", label=f"{task} {method}")
+    ax.set_xlabel("measured CPU speedup (x)")
+    ax.set_ylabel("metric drop (points, lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(results / "frontier.png", dpi=110)
+
+
+def _groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"]), []).append(r)
+    return groups
