@@ -81,8 +81,9 @@ PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; p
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "
                  "sets. Drop = dense minus pruned main metric, in points. Speedup = dense vs pruned CPU latency "
-                 "at 32 x 128, interleaved in one process (`speedup_at_run` when a point was re-timed with "
-                 "`--remeasure`). Methods and commands: `bench/frontier.py` and each JSON's `command`.")
+                 "at 32 x 128, interleaved in one process, re-timed with `--remeasure` on a quiet machine "
+                 "(`speedup_at_run`: the figure taken at the end of the run; on a GPU run a token timing at "
+                 "4 x 32 on its busy CPU). Methods and commands: `bench/frontier.py` and each JSON's `command`.")
 
 
 def method_overrides(method: str, value: float) -> tuple[list[str], list[str]]:

@@ -112,6 +112,8 @@ def write_summary(results: Path, protocol: str) -> None:
         lines.append(f"| {r['task']} | {r['method']} | {sweep} | {r['dense_metric']:.4f} "
                      f"| {r['pruned_metric']:.4f} | {r['drop']:+.2f} | {r['speedup']:.2f}x "
                      f"| {r['flops_ratio']:.2f}x | {r['total_sparsity']:.1%} |")
+    machines = sorted({r.get("trained_on", "CPU") for r in rows})
+    protocol += " Trained on: " + "; ".join(machines) + "."
     text = ("# Frontier\n\n" + protocol + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(comparison_lines(rows))
             + "\n")
     (results / "frontier.md").write_text(text)

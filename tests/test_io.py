@@ -10,7 +10,7 @@ import torch
 
 from tests.models import tiny_batch, tiny_bert, tiny_distilbert, tiny_roberta
 from tests.test_shrink import random_masks, randomize
-from trimformer.io import PrunedModelError, load_pruned, save_pruned
+from trimformer.io import PrunedModelError, build_architecture, load_pruned, save_pruned
 from trimformer.shrink import ShrinkPlan, layer_shapes, shrink
 
 
@@ -38,6 +38,17 @@ def test_roundtrip_identical_logits(tmp_path, make, monkeypatch):
     assert layer_shapes(loaded) == layer_shapes(model)
     assert torch.equal(logits(loaded), logits(model))
     assert ShrinkPlan.from_json((folder / "plan.json").read_text()) == plan
+
+
+def test_architecture_from_config_alone(tmp_path):
+    """Timing a point trained elsewhere needs only its config.json: the shape, with random weights."""
+    model, _ = pruned()
+    folder = save_pruned(model, tmp_path / "out")
+    (folder / "model.safetensors").unlink()
+    assert layer_shapes(build_architecture(folder)) == layer_shapes(model)
+    dense = build_architecture(folder, dense=True)
+    assert layer_shapes(dense) == layer_shapes(tiny_bert(num_layers=3))
+    assert layer_shapes(dense) != layer_shapes(model)
 
 
 def test_dense_model_and_overwrite(tmp_path):
