@@ -4,6 +4,7 @@
                              [--methods tutorial trimformer] [--glue-dir ../shared/glue] [--work runs/frontier]
                              [--model DIR] [--bf16] [--machine TEXT] [--override key=value ...]
     python bench/frontier.py --remeasure [--repeats 20]   # re-time every finished point, quietly
+    python bench/frontier.py --summary                    # rewrite frontier.md and frontier.png
     python bench/device_frontier.py ...                   # the whole sweep on one GPU, many points at once
 
 Protocol (shared by every method, written into every result): the packaged MiniLM; fine-tune 3
@@ -179,12 +180,14 @@ def main() -> None:
     parser.add_argument("--stop-after", choices=["finetune", "attention", "heads", "distil"],
                         help="stop each run after this stage and write no result (a quick look at a sweep)")
     parser.add_argument("--remeasure", action="store_true", help="only re-time the finished points")
+    parser.add_argument("--summary", action="store_true", help="only rewrite the table and plot")
     parser.add_argument("--repeats", type=int, default=20, help="timed passes per model with --remeasure")
     args = parser.parse_args()
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    if args.remeasure:
-        remeasure(results, Path(args.work), args.repeats)
+    if args.remeasure or args.summary:
+        if args.remeasure:
+            remeasure(results, Path(args.work), args.repeats)
         write_summary(results, PROTOCOL_NOTE)
         return
     harness = Harness(args.glue_dir, Path(args.work), [*(["--model", args.model] if args.model else []),

@@ -1,8 +1,9 @@
-"""The frontier harness's comparison with the tutorial (bench/frontier.py: pure functions)."""
+"""The frontier's comparison with the tutorial, table and plot (bench/frontier_report.py)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,22 @@ def test_comparison_table_and_goal_check():
     text = "\n".join(frontier.comparison_lines(rows))
     assert "| trimformer | x3 | stsb | 3.00x | +1.00 | +7.40 | yes |" in text
     assert "| trimformer | x3 | 1 | 3.00x | +1.00 | <= 1.5 | met | 1 of 1 |" in text
+
+
+def test_summary_writes_table_and_plot(tmp_path):
+    row = {"main_metric": "accuracy", "dense_metric": 0.9, "total_sparsity": 0.5, "flops_ratio": 2.0,
+           "trained_on": "GPU X"}
+    points = [("sst2", "tutorial", {"regular_scale": 0.0}, 2.5, 3.0), ("sst2", "tutorial", {"regular_scale": 5.0},
+                                                                          30.0, 40.0),
+              ("sst2", "trimformer", {"target_speedup": 2.0}, 2.0, 1.0), ("rte", "trimformer",
+                                                                           {"target_speedup": 2.0}, 2.1, 2.0)]
+    for i, (task, method, sweep, speedup, drop) in enumerate(points):
+        data = {**row, "task": task, "method": method, "sweep": sweep, "speedup": speedup, "drop": drop,
+                "pruned_metric": 0.9 - drop / 100}
+        (tmp_path / f"{i}.json").write_text(json.dumps(data))
+    frontier.write_summary(tmp_path, "Protocol.")
+    text = (tmp_path / "frontier.md").read_text()
+    assert "Protocol. Trained on: GPU X." in text
+    assert "| sst2 | tutorial | regular_scale=5 | 0.9000 | 0.5000 | +40.00 | 30.00x |" in text
+    assert "| trimformer | x2 | sst2 | 2.00x | +1.00 | n/a | n/a |" in text  # faster than none, better than all
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000

@@ -36,6 +36,21 @@ def test_bad_overrides(overrides, fragment):
         load_recipe("smoke", overrides)
 
 
+def test_trimformer_recipe_is_the_frontier_method():
+    """`--recipe trimformer` must stay what the frontier measured: the default plus the method's switches."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("frontier", Path(__file__).parents[1] / "bench" / "frontier.py")
+    frontier = importlib.util.module_from_spec(spec)
+    sys.modules["frontier"] = frontier  # its dataclass looks itself up there
+    spec.loader.exec_module(frontier)
+    shipped = load_recipe("trimformer").model_dump()
+    measured = load_recipe("default", frontier.TARGET_METHODS["trimformer"]).model_dump()
+    assert {**shipped, "name": "default"} == measured
+
+
 def test_recipe_file(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("name: mine\nfinetune: {epochs: 1}\n")
