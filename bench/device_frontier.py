@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--glue-dir", required=True)
     parser.add_argument("--out", required=True, help="the archive to write")
-    parser.add_argument("--targets", default=str(ROOT / "runs" / "frontier" / "targets"),
+    parser.add_argument("--targets", default=str(ROOT / "bench" / "results" / "frontier_targets"),
                         help="latency-target shapes measured on the CPU that times the points")
     parser.add_argument("--work", default="/tmp/frontier")
     parser.add_argument("--slots", type=int, default=12, help="points training at once")
