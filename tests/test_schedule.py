@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from trimformer.schedule import Constant, Cubic, Iterative, Linear, per_round_sparsity, sparsity_at
+from trimformer.schedule import (
+    Constant,
+    Cubic,
+    Iterative,
+    Linear,
+    ffn_layer_sparsities,
+    ffn_round_config,
+    per_round_sparsity,
+    sparsity_at,
+)
 
 
 def nni_cubic(step: int, warm_up: int, cool_down: int, total: float) -> float:
@@ -42,3 +51,23 @@ def test_iterative_rounds_compound_to_target():
         kept *= 1 - per_round_sparsity(0.5, 12)
     assert kept == pytest.approx(0.5)
     assert sched.round_of(25) == 3
+
+
+def test_ffn_layer_sparsities_fixed_and_tutorial_rule():
+    names = ["l0.ffn", "l1.ffn", "l2.ffn"]
+    assert ffn_layer_sparsities(names, [12, 6, 0], 12, 1536, "fixed", 0.5) == dict.fromkeys(names, 0.5)
+    tutorial = ffn_layer_sparsities(names, [12, 6, 0], 12, 1536, "tutorial", 0.5)
+    assert tutorial["l0.ffn"] == pytest.approx(0.5) and tutorial["l1.ffn"] == pytest.approx(0.75)
+    assert tutorial["l2.ffn"] == pytest.approx(1 - 1 / 1536)  # a headless layer keeps one channel
+
+
+def test_ffn_round_config_per_layer_and_global():
+    per_layer = ffn_round_config({"a": 0.5, "b": 0.0}, 12, "layer")
+    assert per_layer == [{"op_names": ["a"], "sparsity": pytest.approx(per_round_sparsity(0.5, 12))}]
+    (group,) = ffn_round_config({"a": 0.75, "b": 0.75}, 12, "global")
+    share = per_round_sparsity(0.75, 12)
+    assert group["op_names"] == ["a", "b"] and group["total_sparsity"] == pytest.approx(share)
+    assert group["max_sparsity_per_layer"] == pytest.approx(min(0.9, 3 * share))
+    assert ffn_round_config({"a": 0.0, "b": 0.0}, 12, "global") == []
+    with pytest.raises(ValueError, match="one FFN sparsity"):
+        ffn_round_config({"a": 0.5, "b": 0.75}, 12, "global")

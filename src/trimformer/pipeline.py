@@ -26,7 +26,7 @@ from trimformer.masks import load_masks, remove_masks, save_masks
 from trimformer.plan import value_rule_masks
 from trimformer.pruners import MovementEngine, Pruner
 from trimformer.recipe import Distil, Recipe
-from trimformer.schedule import per_round_sparsity
+from trimformer.schedule import ffn_layer_sparsities, ffn_round_config
 from trimformer.shrink import shrink
 from trimformer.structure import model_structure
 from trimformer.train import TrainSettings, evaluate, fit
@@ -226,25 +226,8 @@ class Run:
         """Per-layer FFN sparsity: fixed, or the tutorial's rule (half the heads' keep ratio)."""
         structure, section = model_structure(model), self.recipe.ffn
         heads = self.done("heads").get("heads_per_layer") or [structure.num_heads] * len(structure.layers)
-        targets = {}
-        for layer, kept in zip(structure.layers, heads, strict=False):
-            target = section.sparsity if section.rule == "fixed" else 1 - 0.5 * kept / structure.num_heads
-            # A layer that lost every head would lose its whole FFN under the tutorial's rule (the tutorial
-            # drops such layers); keep one channel so the shapes stay valid.
-            targets[layer.ffn_in] = min(target, 1 - 1 / structure.intermediate_size)
-        return targets
-
-    def ffn_round_config(self, targets: dict[str, float]) -> list[dict]:
-        """One round's config list: each layer its own share, or one global ranking."""
-        section = self.recipe.ffn
-        if section.allocation == "global":
-            if len(set(targets.values())) != 1:
-                raise ValueError("ffn.allocation=global needs one FFN sparsity for all layers (rule: fixed)")
-            share = per_round_sparsity(next(iter(targets.values())), section.rounds)
-            return [{"op_names": list(targets), "total_sparsity": share,
-                     "max_sparsity_per_layer": min(0.9, 3 * share)}] if share > 0 else []
-        return [{"op_names": [name], "sparsity": per_round_sparsity(t, section.rounds)}
-                for name, t in targets.items() if t > 0]
+        return ffn_layer_sparsities([layer.ffn_in for layer in structure.layers], heads, structure.num_heads,
+                                    structure.intermediate_size, section.rule, section.sparsity)
 
     def stage_ffn(self) -> None:
         start, section, folder = time.perf_counter(), self.recipe.ffn, self.stage_dir("ffn")
@@ -264,7 +247,8 @@ class Run:
                 device=self.device, desc=desc, teacher=teacher, **kwargs)
 
         for r in range(done_rounds, section.rounds):
-            pruner = Pruner(model, self.ffn_round_config(targets), importance="taylor", granularity="out_channel")
+            config = ffn_round_config(targets, section.rounds, section.allocation)
+            pruner = Pruner(model, config, importance="taylor", granularity="out_channel")
             gather = min(section.taylor_steps, per_round)
             lr = section.lr * (1 - r / section.rounds)
             train(gather, lr, base.seed + 7919 * (r + 1), f"ffn round {r + 1}/{section.rounds}: scores",

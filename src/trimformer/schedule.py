@@ -85,3 +85,28 @@ def sparsity_at(schedule: Schedule, target: float, step: int) -> float:
     """The sparsity a schedule asks for at `step`, never above `target`."""
     value = target * schedule(step)
     return min(target, max(0.0, value if math.isfinite(value) else target))
+
+
+def ffn_layer_sparsities(ffn_names: list[str], heads_kept: list[int], num_heads: int, intermediate_size: int,
+                         rule: str, sparsity: float) -> dict[str, float]:
+    """Final FFN sparsity per layer (keyed by the FFN input linear's name): `fixed`, or the tutorial's
+    rule (keep half as much FFN as the layer kept heads)."""
+    targets = {}
+    for name, kept in zip(ffn_names, heads_kept, strict=False):
+        target = sparsity if rule == "fixed" else 1 - 0.5 * kept / num_heads
+        # A layer that lost every head would lose its whole FFN under the tutorial's rule (the tutorial
+        # drops such layers); keep one channel so the shapes stay valid.
+        targets[name] = min(target, 1 - 1 / intermediate_size)
+    return targets
+
+
+def ffn_round_config(targets: dict[str, float], rounds: int, allocation: str) -> list[dict]:
+    """One FFN round's config list: each layer its own per-round share, or one global ranking
+    (`allocation="global"`, which needs one sparsity for all layers)."""
+    if allocation == "global":
+        if len(set(targets.values())) != 1:
+            raise ValueError("ffn.allocation=global needs one FFN sparsity for all layers (rule: fixed)")
+        share = per_round_sparsity(next(iter(targets.values())), rounds)
+        return [{"op_names": list(targets), "total_sparsity": share,
+                 "max_sparsity_per_layer": min(0.9, 3 * share)}] if share > 0 else []
+    return [{"op_names": [name], "sparsity": per_round_sparsity(t, rounds)} for name, t in targets.items() if t > 0]
