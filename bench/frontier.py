@@ -69,7 +69,8 @@ TUTORIAL = ["attention.mode=soft", "attention.granularity=auto", "attention.scor
 # trimformer's method on top of `--target-speedup`: heads and FFN channels allocated across layers by
 # one ranking each (same totals as the latency target's shape), KD during the attention epoch, heads
 # cut from the weights trained under the masks (not the fine-tuned ones), and the last quarter of the
-# FFN epoch trained at the final width. Measured best on STS-B (bench/results/frontier-cpu).
+# FFN epoch trained at the final width. Chosen as the best of the methods measured on STS-B on the CPU
+# (bench/results/frontier-cpu), before the five-task frontier.
 LAYERWISE = ["attention.distill=true", "heads.source=attention", "ffn.recover=0.25"]
 TRIMFORMER = [*LAYERWISE, "attention.allocation=global", "ffn.allocation=global"]
 # Methods swept by target speedup: trimformer's; ablations: `layerwise` (the same share of heads and
