@@ -125,17 +125,16 @@ def main() -> None:
     while True:
         now = time.time() - start
         if smoke is not None and smoke.poll() is not None:
-            if smoke.poll() != 0:
+            if smoke.poll() != 0:  # everything still running is killed below
                 print(f"SMOKE FAILED after {now:.0f}s:\n{tail(smoke.log, 60)}", flush=True)
-                for job in [*finetunes.values(), *running.values()]:
-                    job.kill()
                 break
             print(f"smoke passed at {now:.0f}s", flush=True)
             smoke = None
         for name, job in list(running.items()):
-            if job.poll() is not None:
-                (done if job.poll() == 0 else failed).append(name)
-                if job.poll() != 0:
+            rc = job.poll()
+            if rc is not None:
+                (done if rc == 0 else failed).append(name)
+                if rc != 0:
                     print(f"FAILED {name}:\n{tail(job.log)}", flush=True)
                 task, method, value = name.split(":")
                 drop_weights(work / task / f"{method}-{value}")

@@ -3,15 +3,13 @@ what the archive brings back."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import tarfile
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "device_frontier.py"
-_spec = importlib.util.spec_from_file_location("device_frontier", SCRIPT)
-driver = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(driver)
+from tests.bench_scripts import load_bench
+
+driver = load_bench("device_frontier")
 
 
 def _point(root: Path) -> Path:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "frontier_report.py"
-_spec = importlib.util.spec_from_file_location("frontier_report", SCRIPT)
-frontier = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(frontier)
+from tests.bench_scripts import load_bench
+
+frontier = load_bench("frontier_report")
 
 TUTORIAL = [(2.6, 6.0), (3.4, 8.8), (4.5, 23.5)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.bench_scripts import load_bench
 from trimformer.config import ConfigError
 from trimformer.recipe import load_recipe, shipped_recipes
 
@@ -38,14 +39,7 @@ def test_bad_overrides(overrides, fragment):
 
 def test_trimformer_recipe_is_the_frontier_method():
     """`--recipe trimformer` must stay what the frontier measured: the default plus the method's switches."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("frontier", Path(__file__).parents[1] / "bench" / "frontier.py")
-    frontier = importlib.util.module_from_spec(spec)
-    sys.modules["frontier"] = frontier  # its dataclass looks itself up there
-    spec.loader.exec_module(frontier)
+    frontier = load_bench("frontier")
     shipped = load_recipe("trimformer").model_dump()
     measured = load_recipe("default", frontier.TARGET_METHODS["trimformer"]).model_dump()
     assert {**shipped, "name": "default"} == measured
