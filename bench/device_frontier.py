@@ -9,7 +9,7 @@ batch 32 leaves a GPU mostly idle, so a dozen processes share it well), and no m
 checkpoints. Speedups taken at the end of each run are not used: they are re-timed afterwards on
 the CPU from each point's model/config.json (`frontier.py --remeasure`).
 
-A short smoke sweep (every stage of both methods on a few hundred rows) runs beside the fine-tunes
+A short smoke sweep (every stage of each method on a few hundred rows) runs beside the fine-tunes
 and stops everything at once if it fails, so a broken GPU path costs seconds, not the budget.
 Everything finished by the deadline is packed into one archive: result JSONs, each point's
 report, target, stage records and model config, and the logs.
@@ -28,10 +28,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["mrpc", "stsb", "rte", "cola", "sst2"]
-# (method, values) in priority order: both methods' three points first, then more of the tutorial's
-# sweep, then the ablations.
-PRIORITY = [("trimformer", [2, 3, 5]), ("tutorial", [0, 1, 5]), ("tutorial", [2, 10]), ("layerwise", [3]),
-            ("hidden", [3]), ("tutorial", [3])]
+# (method, values) in priority order: both methods' three points first, then `calibrated` (queued
+# after them, so each starts from its trimformer point's distil stage when that has finished), more of
+# the tutorial's sweep, then the ablations.
+PRIORITY = [("trimformer", [2, 3, 5]), ("tutorial", [0, 1, 5]), ("calibrated", [2, 3, 5]), ("tutorial", [2, 10]),
+            ("layerwise", [3]), ("hidden", [3]), ("tutorial", [3])]
 # No mid-stage checkpoints (a stage is seconds here) and a token at-run timing at 4 x 32 (every point is
 # re-timed at 32 x 128 on the CPU afterwards).
 DEVICE_OVERRIDES = ["checkpoint_every=1000000", "bench.repeats=2", "bench.warmup=1", "bench.threads=1",
@@ -114,7 +115,7 @@ def main() -> None:
     smoke_work = work / "smoke"
     shutil.copytree(args.targets, smoke_work / "targets", dirs_exist_ok=True)
     smoke = Job("smoke", [*common_args(args, smoke_work, smoke_work / "results"), "--tasks", "rte", "--methods",
-                          "tutorial", "trimformer", "--scales", "1", "--points", "3", "--override",
+                          "tutorial", "trimformer", "calibrated", "--scales", "1", "--points", "3", "--override",
                           *DEVICE_OVERRIDES, *SMOKE_OVERRIDES, *args.extra], logs / "smoke.log")
     overrides = [*DEVICE_OVERRIDES, *args.extra]
     finetunes = {t: Job(f"{t}-finetune", [*common_args(args, work, results), "--tasks", t, "--stop-after", "finetune",

@@ -29,6 +29,8 @@ Methods:
                the fine-tuned weights, no distillation while pruning attention, no recovery quarter)
   hidden     - trimformer's plus layer-wise hidden-state distillation (MSE, weight 1) from the fine-tuned
                model in the attention, distil and FFN stages (the teacher runs at every step)
+  calibrated - trimformer's with the FFN recovery quarter trained from the full learning rate and
+               the classifier's bias shifted to the teacher's class rates on 8,192 training rows
 
     python bench/frontier.py --tasks stsb --methods tutorial --scales 1 3 --stop-after heads
 looks at the heads a few regular_scale values keep without finishing the runs (a finished run
@@ -76,9 +78,13 @@ TRIMFORMER = [*LAYERWISE, "attention.allocation=global", "ffn.allocation=global"
 # Methods swept by target speedup: trimformer's; ablations: `layerwise` (the same share of heads and
 # channels in every layer), `target` (the latency target alone, default recipe otherwise) and `hidden`
 # (trimformer's with the hidden states after every layer distilled in every pruning stage).
+# `calibrated`: trimformer's with the FFN epoch's last quarter trained from the full learning rate
+# (not the last round's) and the classifier's bias shifted to the teacher's class rates on the
+# training rows at the end (calibrate.py; one inference pass, no dev labels).
 TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": [],
                   "hidden": [*TRIMFORMER, "attention.hidden_distill=1", "distil.hidden_distill=1",
-                             "ffn.hidden_distill=1"]}
+                             "ffn.hidden_distill=1"],
+                  "calibrated": [*TRIMFORMER, "ffn.recover_lr=3e-5", "ffn.calibrate_rows=8192"]}
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "
@@ -86,6 +92,27 @@ PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; p
                  "at 32 x 128, interleaved in one process, re-timed with `--remeasure` on a quiet machine "
                  "(`speedup_at_run`: the figure taken at the end of the run; on a GPU run a token timing at "
                  "4 x 32 on its busy CPU). Methods and commands: `bench/frontier.py` and each JSON's `command`.")
+
+
+# Methods that differ from another one only after a stage start from that method's point once it
+# has finished the stage: the same command up to there, so the same masks and weights, less work.
+SAME_UNTIL = {"calibrated": ("trimformer", "distil")}
+STAGES = ["finetune", "attention", "heads", "distil", "ffn", "final_distil"]
+
+
+def branch_dir(source: Path, target: Path, after: str) -> None:
+    """Copy the parts of a run that the stages up to `after` made; nothing of the later ones."""
+    if not (source / "stages" / after / "done.json").is_file():
+        raise SystemExit(f"{source} has not finished stage {after!r}")
+    shutil.rmtree(target, ignore_errors=True)
+    (target / "stages").mkdir(parents=True)
+    for stage in STAGES[: STAGES.index(after) + 1]:
+        if (source / "stages" / stage).is_dir():
+            shutil.copytree(source / "stages" / stage, target / "stages" / stage,
+                            ignore=shutil.ignore_patterns("checkpoint", "*_checkpoint"))
+    for name in ("target.json", "teacher_logits.safetensors"):
+        if (source / name).is_file():
+            shutil.copy(source / name, target / name)
 
 
 def method_overrides(method: str, value: float) -> tuple[list[str], list[str]]:
@@ -125,16 +152,26 @@ def shared_finetune(task: str, harness: Harness) -> Path:
     return out
 
 
-def one_point(task: str, method: str, value: float, harness: Harness, stop_after: str | None = None) -> dict | None:
-    """Run one (task, method, point) from the shared fine-tune; return its result row (None when
-    `stop_after` ends the run early, e.g. to see the heads a regular_scale keeps)."""
-    shared, work = shared_finetune(task, harness), harness.work
+def start_point(task: str, method: str, value: float, work: Path, shared: Path) -> Path:
+    """The point's folder, ready to resume: new ones start from the shared fine-tune, or, for a
+    method in SAME_UNTIL, from the other method's point where that has finished the stage."""
     out = work / task / f"{method}-{value:g}"
+    source, stage = SAME_UNTIL.get(method, (None, None))
+    if source and not out.exists() and (work / task / f"{source}-{value:g}" / "stages" / stage / "done.json").is_file():
+        branch_dir(work / task / f"{source}-{value:g}", out, stage)
     if not (out / "stages" / "finetune" / "done.json").is_file():
         shutil.rmtree(out, ignore_errors=True)
         (out / "stages").mkdir(parents=True)
         shutil.copytree(shared / "stages" / "finetune", out / "stages" / "finetune")
         shutil.copy(shared / "teacher_logits.safetensors", out / "teacher_logits.safetensors")
+    return out
+
+
+def one_point(task: str, method: str, value: float, harness: Harness, stop_after: str | None = None) -> dict | None:
+    """Run one (task, method, point) from the shared fine-tune; return its result row (None when
+    `stop_after` ends the run early, e.g. to see the heads a regular_scale keeps)."""
+    out = start_point(task, method, value, harness.work, shared_finetune(task, harness))
+    work = harness.work
     flags, overrides = method_overrides(method, value)
     cmd = [*base_cmd(task, harness, out), "--resume", *flags, *overrides, *harness.overrides]
     # One latency calibration per target, shared by every task (the shapes depend on the model only).

@@ -116,7 +116,8 @@ def test_heads_cut_from_the_attention_stage_weights_and_ffn_recovery(tmp_path):
     query = lambda m: m.bert.encoder.layer[0].attention.self.query.weight  # noqa: E731
     assert torch.equal(query(cut), query(trained)[rows])  # the weights trained under the masks ...
     assert not torch.equal(query(cut), query(tuned)[rows])  # ... not the fine-tuned ones
-    assert "ffn: 3 steps at the final width" in (out / "run.log").read_text()  # 12 steps, a quarter kept back
+    # 12 steps, a quarter kept back, from the last round's lr (3e-5 / 3 rounds)
+    assert "ffn: 3 steps at the final width from lr 1e-05" in (out / "run.log").read_text()
 
 
 def test_global_allocation_keeps_the_uniform_totals(tmp_path):
@@ -133,3 +134,20 @@ def test_hidden_state_distillation_in_every_pruning_stage(tmp_path):
     out = tiny_run_to_ffn(tmp_path, "attention.hidden_distill=1", "distil.hidden_distill=1", "ffn.hidden_distill=1",
                           "ffn.recover=0.25")
     assert (out / "stages" / "ffn" / "done.json").is_file()
+
+
+
+def test_ffn_recovery_learning_rate_and_output_bias_calibration(tmp_path):
+    import json
+
+    from trimformer.calibrate import output_linear
+    from trimformer.io import load_pruned
+
+    out = tiny_run_to_ffn(tmp_path, "ffn.recover=0.25", "ffn.recover_lr=1e-4", "ffn.calibrate_rows=16")
+    assert "ffn: 3 steps at the final width from lr 0.0001" in (out / "run.log").read_text()
+    done = json.loads((out / "stages" / "ffn" / "done.json").read_text())
+    shift = torch.tensor(done["calibration_shift"])
+    assert shift.shape == (2,) and abs(float(shift.sum())) < 1e-5 and float(shift.abs().max()) > 0
+    model = load_pruned(out / "stages" / "ffn" / "model")
+    assert "output bias shifted by" in (out / "run.log").read_text()
+    assert output_linear(model).bias.shape == (2,)

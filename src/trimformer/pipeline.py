@@ -20,12 +20,13 @@ import torch
 from torch import nn
 
 from trimformer import dist, glue
+from trimformer.calibrate import calibrate_output_bias
 from trimformer.distill import compute_teacher_logits, load_teacher_logits, save_teacher_logits
 from trimformer.io import load_pruned, save_pruned
 from trimformer.masks import load_masks, remove_masks, save_masks
 from trimformer.plan import value_rule_masks
 from trimformer.pruners import MovementEngine, Pruner
-from trimformer.recipe import Distil, Recipe
+from trimformer.recipe import Distil, Ffn, Recipe
 from trimformer.schedule import ffn_layer_sparsities, ffn_round_config
 from trimformer.shrink import shrink
 from trimformer.structure import model_structure
@@ -130,6 +131,17 @@ class Run:
         logits = load_teacher_logits(self.out / "teacher_logits.safetensors", expected_rows=len(self.data.train))
         return self.data.train.with_teacher_logits(logits)
 
+    def calibrate(self, model: nn.Module, section: Distil | Ffn) -> dict:
+        """With `calibrate_rows` set on a classification task: shift the output bias so the model's
+        mean prediction on that many training rows is the teacher's (calibrate.py); what it did."""
+        if section.calibrate_rows == 0 or self.task.is_regression:
+            return {}
+        logits = load_teacher_logits(self.out / "teacher_logits.safetensors", expected_rows=len(self.data.train))
+        shift = calibrate_output_bias(model, self.data.train, self.data.collate, logits, section.calibrate_rows,
+                                      self.recipe.eval_batch_size, self.device)
+        log.info("output bias shifted by %s to the teacher's class rates", [round(v, 4) for v in shift.tolist()])
+        return {"calibration_shift": shift.tolist()}
+
     def finish(self, stage: str, start: float, metrics: dict[str, float], **extra) -> None:
         record = {"stage": stage, "seconds": time.perf_counter() - start, "metrics": metrics, **extra}
         dist.on_main(lambda: write_json(self.stage_dir(stage) / "done.json", record))
@@ -212,9 +224,10 @@ class Run:
                      self.settings(section, distill=True, keep_best=True), evaluate_fn=self.evaluate,
                      main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir(stage) / "checkpoint",
                      device=self.device, desc=stage, teacher=self.teacher_model(section))
+        extra = self.calibrate(model, section)
         dist.check_identical(model.state_dict(), f"the weights after {stage}")
         dist.on_main(lambda: save_pruned(model, self.stage_dir(stage) / "model", tokenizer=self.data.tokenizer))
-        self.finish(stage, start, result.metrics)
+        self.finish(stage, start, self.evaluate(model) if extra else result.metrics, **extra)
 
     def stage_distil(self) -> None:
         self._distil("distil", "heads", self.recipe.distil)
@@ -262,14 +275,19 @@ class Run:
             dist.on_main(lambda r=r: write_json(progress_file, {"round": r + 1, "targets": targets}))
             log.info("ffn round %d/%d: widths %s", r + 1, section.rounds,
                      [model.get_submodule(n).out_features for n in targets])
-        recover = total - per_round * section.rounds
-        if section.recover > 0 and recover > 0 and not (folder / "model").is_dir():
-            # Train at the final width for the steps kept back, the learning rate decaying to zero.
-            log.info("ffn: %d steps at the final width", recover)
-            train(recover, section.lr / section.rounds, base.seed + 7919 * (section.rounds + 1), "ffn recover",
-                  checkpoint_dir=folder / "recover_checkpoint")
-        dist.on_main(lambda: save_pruned(model, folder / "model", tokenizer=self.data.tokenizer))
-        self.finish("ffn", start, self.evaluate(model))
+        recover, extra = total - per_round * section.rounds, {}
+        if (folder / "model").is_dir():  # recovered and calibrated before a crash, only not recorded
+            model = load_pruned(folder / "model", self.device)
+        else:
+            if section.recover > 0 and recover > 0:
+                # Train at the final width for the steps kept back, the learning rate decaying to zero.
+                recover_lr = section.recover_lr or section.lr / section.rounds
+                log.info("ffn: %d steps at the final width from lr %.3g", recover, recover_lr)
+                train(recover, recover_lr, base.seed + 7919 * (section.rounds + 1), "ffn recover",
+                      checkpoint_dir=folder / "recover_checkpoint")
+            extra = self.calibrate(model, section)
+            dist.on_main(lambda: save_pruned(model, folder / "model", tokenizer=self.data.tokenizer))
+        self.finish("ffn", start, self.evaluate(model), **extra)
 
     def apply_target(self) -> None:
         """With a target speedup: measure shapes against the fine-tuned model once (saved in

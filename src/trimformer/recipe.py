@@ -70,6 +70,9 @@ class Distil(StageTrain):
     epochs: float = Field(1.0, gt=0)
     alpha: float = Field(0.1, ge=0, le=1)
     temperature: float = Field(2.0, gt=0)
+    # > 0: at the end of the stage, shift the classifier's bias so its mean prediction on this many
+    # training rows is the teacher's (calibrate.py; one inference pass; regression left alone).
+    calibrate_rows: int = Field(0, ge=0)
 
 
 class Ffn(StageTrain):
@@ -83,9 +86,14 @@ class Ffn(StageTrain):
     sparsity: float = Field(0.5, ge=0, lt=1)
     alpha: float = Field(0.1, ge=0, le=1)
     temperature: float = Field(2.0, gt=0)
+    # > 0: at the end of the stage, shift the classifier's bias so its mean prediction on this many
+    # training rows is the teacher's (calibrate.py; one inference pass; regression left alone).
+    calibrate_rows: int = Field(0, ge=0)
     # Fraction of the stage's steps kept back from the rounds and trained at the final width, so the
     # last cut gets time to recover (0: the rounds fill the stage, as in the tutorial).
     recover: float = Field(0.0, ge=0, lt=1)
+    # Learning rate the recovery steps start from (decaying to zero); unset: the last round's, lr / rounds.
+    recover_lr: float | None = Field(None, gt=0)
     # 'layer': each layer loses its own share per round; 'global' (with rule 'fixed'): one Taylor
     # ranking of the channels of all layers per round, the same total, no layer losing more than
     # three times the round's share in one round.

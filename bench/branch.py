@@ -1,0 +1,80 @@
+"""Branch a frontier point after one of its stages and finish it with other settings: an ablation
+of the later stages from one shared starting point (same masks, same weights), so two variants of,
+say, the FFN stage differ only in what that stage does.
+
+    python bench/branch.py --task cola --point trimformer-3 --after distil --name ffnhid \\
+        --override ffn.hidden_distill=1 [--work runs/frontier] [--results runs/branches]
+
+It copies `<work>/<task>/<point>` (kept: the stages up to and including `--after`, its target and
+teacher logits) to `<work>/<task>/<point>+<name>`, re-runs the point's command with the overrides
+appended (the earlier stages are skipped as done), and writes one JSON row per branch, with every
+stage's metrics, to `--results`. A branch whose JSON exists is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from frontier import ROOT, STAGES, Harness, base_cmd, branch_dir, method_overrides, run  # noqa: E402
+
+
+def stage_metrics(out: Path) -> dict[str, dict]:
+    """Each finished stage's dev metrics."""
+    rows = {}
+    for stage in STAGES:
+        done = out / "stages" / stage / "done.json"
+        if done.is_file():
+            rows[stage] = json.loads(done.read_text())["metrics"]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--point", required=True, help="the source point's folder name, e.g. trimformer-3")
+    parser.add_argument("--after", required=True, choices=STAGES[:-1])
+    parser.add_argument("--method", help="the source point's method when its folder name is an older one")
+    parser.add_argument("--name", required=True, help="the branch's name (folder <point>+<name>)")
+    parser.add_argument("--override", nargs="*", default=[], help="recipe key=value for the later stages")
+    parser.add_argument("--glue-dir", default=str(ROOT.parent / "shared" / "glue"))
+    parser.add_argument("--work", default=str(ROOT / "runs" / "frontier"))
+    parser.add_argument("--results", default=str(ROOT / "runs" / "branches"))
+    args = parser.parse_args()
+    method, value = args.point.rsplit("-", 1)
+    method = args.method or method
+    work = Path(args.work)
+    source, out = work / args.task / args.point, work / args.task / f"{args.point}+{args.name}"
+    result = Path(args.results) / f"{args.task}-{args.point}+{args.name}.json"
+    if result.is_file():
+        return
+    if not (out / "stages" / args.after / "done.json").is_file():
+        branch_dir(source, out, args.after)
+    flags, overrides = method_overrides(method, float(value))
+    cmd = [*base_cmd(args.task, Harness(args.glue_dir, work), out), "--resume", *flags, *overrides, *args.override]
+    start = time.perf_counter()
+    run(cmd)
+    report = json.loads((out / "report.json").read_text())
+    main_metric = report["main_metric"]
+    row = {"task": args.task, "point": args.point, "branch": args.name, "after": args.after,
+           "overrides": args.override, "main_metric": main_metric,
+           "dense_metric": report["dense_metrics"][main_metric],
+           "pruned_metric": report["pruned_metrics"][main_metric],
+           "drop": 100 * (report["dense_metrics"][main_metric] - report["pruned_metrics"][main_metric]),
+           "speedup_at_run": report["speedup"], "stages": stage_metrics(out),
+           "seconds": time.perf_counter() - start,
+           "command": " ".join(str(c) for c in cmd).replace(sys.executable, "python")}
+    result.parent.mkdir(parents=True, exist_ok=True)
+    tmp = result.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, indent=2))
+    os.replace(tmp, result)
+    print(json.dumps({k: row[k] for k in ("task", "point", "branch", "pruned_metric", "drop")}))
+
+
+if __name__ == "__main__":
+    main()
