@@ -133,7 +133,7 @@ def write_summary(results: Path, protocol: str) -> None:
         for i, method in enumerate(methods):
             group = sorted((r for r in rows if r["task"] == task and r["method"] == method and r["speedup"] <= 8),
                            key=lambda r: r["speedup"])
-            line = "-" if method in ("tutorial", "trimformer") else ":"
+            line = "-" if method in ("tutorial", "trimformer", "calibrated") else ":"
             ax.plot([r["speedup"] for r in group], [r["drop"] for r in group], marker="os^Dvx"[i % 6],
                     linestyle=line, color=f"C{i}", label=method)
         ax.set_title(f"{task} ({metric[task]})", fontsize=9)
