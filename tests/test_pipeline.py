@@ -151,3 +151,21 @@ def test_ffn_recovery_learning_rate_and_output_bias_calibration(tmp_path):
     model = load_pruned(out / "stages" / "ffn" / "model")
     assert "output bias shifted by" in (out / "run.log").read_text()
     assert output_linear(model).bias.shape == (2,)
+
+
+def test_ffn_stage_saved_but_not_recorded_resumes_from_the_saved_model(tmp_path):
+    """A crash after the FFN model was written but before done.json: the resumed stage keeps that
+    model (recovered and calibrated), not the last round's weights."""
+    from safetensors.torch import load_file
+
+    overrides = ["ffn.recover=0.25", "ffn.recover_lr=1e-4", "ffn.calibrate_rows=16"]
+    out = tiny_run_to_ffn(tmp_path, *overrides)
+    weights = out / "stages" / "ffn" / "model" / "model.safetensors"
+    saved = load_file(weights)
+    (out / "stages" / "ffn" / "done.json").unlink()
+    assert main(["run", "--model", str(tmp_path / "tiny"), "--task", "sst2", "--glue-dir", str(tmp_path / "glue"),
+                 "--recipe", "smoke", "--output-dir", str(out), "--resume", *TINY_OVERRIDES, *overrides,
+                 "--stop-after", "ffn"]) == 0
+    again = load_file(weights)
+    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
+    assert (out / "stages" / "ffn" / "done.json").is_file()
