@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from frontier import ROOT, STAGES, Harness, base_cmd, branch_dir, method_overrides, run  # noqa: E402
+from frontier import ROOT, STAGES, Harness, base_cmd, branch_dir, method_overrides, metric_fields, run, write_row  # noqa: E402
 
 
 def stage_metrics(out: Path) -> dict[str, dict]:
@@ -60,19 +59,12 @@ def main() -> None:
     start = time.perf_counter()
     run(cmd)
     report = json.loads((out / "report.json").read_text())
-    main_metric = report["main_metric"]
     row = {"task": args.task, "point": args.point, "branch": args.name, "after": args.after,
-           "overrides": args.override, "main_metric": main_metric,
-           "dense_metric": report["dense_metrics"][main_metric],
-           "pruned_metric": report["pruned_metrics"][main_metric],
-           "drop": 100 * (report["dense_metrics"][main_metric] - report["pruned_metrics"][main_metric]),
-           "speedup_at_run": report["speedup"], "stages": stage_metrics(out),
+           "overrides": args.override, **metric_fields(report), "speedup_at_run": report["speedup"],
+           "stages": stage_metrics(out),
            "seconds": time.perf_counter() - start,
            "command": " ".join(str(c) for c in cmd).replace(sys.executable, "python")}
-    result.parent.mkdir(parents=True, exist_ok=True)
-    tmp = result.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, indent=2))
-    os.replace(tmp, result)
+    write_row(result, row)
     print(json.dumps({k: row[k] for k in ("task", "point", "branch", "pruned_metric", "drop")}))
 
 

@@ -152,6 +152,21 @@ def shared_finetune(task: str, harness: Harness) -> Path:
     return out
 
 
+def metric_fields(report: dict) -> dict:
+    """A run report's main metric, dense and pruned, and the drop in points (positive = worse)."""
+    main = report["main_metric"]
+    dense, pruned = report["dense_metrics"][main], report["pruned_metrics"][main]
+    return {"main_metric": main, "dense_metric": dense, "pruned_metric": pruned, "drop": 100 * (dense - pruned)}
+
+
+def write_row(path: Path, row: dict) -> None:
+    """One result JSON, written to a temp file and renamed (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, indent=2))
+    os.replace(tmp, path)
+
+
 def start_point(task: str, method: str, value: float, work: Path, shared: Path) -> Path:
     """The point's folder, ready to resume: new ones start from the shared fine-tune, or, for a
     method in SAME_UNTIL, from the other method's point where that has finished the stage."""
@@ -189,12 +204,9 @@ def one_point(task: str, method: str, value: float, harness: Harness, stop_after
         shared_target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(out / "target.json", shared_target)
     report = json.loads((out / "report.json").read_text())
-    main = report["main_metric"]
-    dense, pruned = report["dense_metrics"][main], report["pruned_metrics"][main]
     return {"task": task, "method": method, "sweep": {"target_speedup" if method in TARGET_METHODS else
                                                       "regular_scale": value},
-            "main_metric": main, "dense_metric": dense, "pruned_metric": pruned, "drop": 100 * (dense - pruned),
-            "total_sparsity": report["total_sparsity"], "flops_ratio": report["flops_ratio"],
+            **metric_fields(report), "total_sparsity": report["total_sparsity"], "flops_ratio": report["flops_ratio"],
             "speedup": report["speedup"], "heads_per_layer": report["heads_per_layer"],
             "ffn_per_layer": report["ffn_per_layer"], "seconds": time.perf_counter() - start,
             "command": " ".join(str(c) for c in cmd).replace(sys.executable, "python"),
@@ -244,9 +256,7 @@ def main() -> None:
                 row = one_point(task, method, value, harness, args.stop_after)
                 if row is None:
                     continue
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(row, indent=2))
-                os.replace(tmp, path)
+                write_row(path, row)
                 print(json.dumps(row))
                 write_summary(results, PROTOCOL_NOTE)
     write_summary(results, PROTOCOL_NOTE)

@@ -127,18 +127,19 @@ class Run:
         teacher = load_pruned(self.stage_dir("finetune") / "model", self.device).eval()
         return teacher.requires_grad_(False)
 
+    def teacher_logits(self) -> torch.Tensor:
+        return load_teacher_logits(self.out / "teacher_logits.safetensors", expected_rows=len(self.data.train))
+
     def teacher_set(self) -> glue.GlueDataset:
-        logits = load_teacher_logits(self.out / "teacher_logits.safetensors", expected_rows=len(self.data.train))
-        return self.data.train.with_teacher_logits(logits)
+        return self.data.train.with_teacher_logits(self.teacher_logits())
 
     def calibrate(self, model: nn.Module, section: Distil | Ffn) -> dict:
         """With `calibrate_rows` set on a classification task: shift the output bias so the model's
         mean prediction on that many training rows is the teacher's (calibrate.py); what it did."""
         if section.calibrate_rows == 0 or self.task.is_regression:
             return {}
-        logits = load_teacher_logits(self.out / "teacher_logits.safetensors", expected_rows=len(self.data.train))
-        shift = calibrate_output_bias(model, self.data.train, self.data.collate, logits, section.calibrate_rows,
-                                      self.recipe.eval_batch_size, self.device)
+        shift = calibrate_output_bias(model, self.data.train, self.data.collate, self.teacher_logits(),
+                                      section.calibrate_rows, self.recipe.eval_batch_size, self.device)
         log.info("output bias shifted by %s to the teacher's class rates", [round(v, 4) for v in shift.tolist()])
         return {"calibration_shift": shift.tolist()}
 
