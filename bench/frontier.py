@@ -80,11 +80,15 @@ TRIMFORMER = [*LAYERWISE, "attention.allocation=global", "ffn.allocation=global"
 # (trimformer's with the hidden states after every layer distilled in every pruning stage).
 # `calibrated`: trimformer's with the FFN epoch's last quarter trained from the full learning rate
 # (not the last round's) and the classifier's bias shifted to the teacher's class rates on the
-# training rows at the end (calibrate.py; one inference pass, no dev labels).
+# training rows at the end (calibrate.py; one inference pass, no dev labels). `taylor`: calibrated's
+# with the attention epoch ranking heads by accumulated first-order Taylor importance |w * dL/dw|
+# instead of learned movement scores (pruners.MovementEngine; movement needs many steps to mean
+# anything, and the small tasks give the epoch ~100).
+CALIBRATED = [*TRIMFORMER, "ffn.recover_lr=3e-5", "ffn.calibrate_rows=8192"]
 TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": [],
                   "hidden": [*TRIMFORMER, "attention.hidden_distill=1", "distil.hidden_distill=1",
                              "ffn.hidden_distill=1"],
-                  "calibrated": [*TRIMFORMER, "ffn.recover_lr=3e-5", "ffn.calibrate_rows=8192"]}
+                  "calibrated": CALIBRATED, "taylor": [*CALIBRATED, "attention.score=taylor"]}
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "

@@ -105,6 +105,8 @@ def comparison_lines(rows: list[dict]) -> list[str]:
 def write_summary(results: Path, protocol: str) -> None:
     """Combined table (Markdown) and plot (PNG) over every result JSON."""
     rows = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+    if not rows:  # e.g. a sweep stopped after the fine-tunes: nothing to summarise yet
+        return
     lines = ["| task | method | sweep | dense | pruned | drop (points) | speedup | FLOPs ratio | sparsity |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(rows, key=lambda r: (r["task"], r["method"], r["speedup"])):
@@ -133,7 +135,7 @@ def write_summary(results: Path, protocol: str) -> None:
         for i, method in enumerate(methods):
             group = sorted((r for r in rows if r["task"] == task and r["method"] == method and r["speedup"] <= 8),
                            key=lambda r: r["speedup"])
-            line = "-" if method in ("tutorial", "trimformer", "calibrated") else ":"
+            line = "-" if method in ("tutorial", "trimformer", "calibrated", "taylor") else ":"
             ax.plot([r["speedup"] for r in group], [r["drop"] for r in group], marker="os^Dvx"[i % 6],
                     linestyle=line, color=f"C{i}", label=method)
         ax.set_title(f"{task} ({metric[task]})", fontsize=9)

@@ -29,6 +29,18 @@ def test_finished_point_drops_weights_and_keeps_records(tmp_path):
     assert (point / "model" / "config.json").is_file() and (point / "report.json").is_file()
 
 
+def test_a_point_another_method_branches_from_keeps_its_weights(tmp_path):
+    point = _point(tmp_path)  # stsb/trimformer-3: `calibrated` starts from its distil stage
+    driver.point_finished(tmp_path, "stsb", "trimformer", "3")
+    assert (point / "stages" / "heads" / "model" / "model.safetensors").is_file()
+    assert (point / "teacher_logits.safetensors").is_file()
+    other = tmp_path / "stsb" / "tutorial-3"
+    (other / "model").mkdir(parents=True)
+    (other / "model" / "model.safetensors").write_text("{}")
+    driver.point_finished(tmp_path, "stsb", "tutorial", "3")
+    assert not (other / "model" / "model.safetensors").exists()
+
+
 def test_archive_holds_results_records_configs_and_logs(tmp_path):
     work, results, logs = tmp_path / "work", tmp_path / "work" / "results", tmp_path / "work" / "logs"
     _point(work)

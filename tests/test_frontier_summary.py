@@ -52,3 +52,9 @@ def test_summary_writes_table_and_plot(tmp_path):
     assert "| sst2 | tutorial | regular_scale=5 | 0.9000 | 0.5000 | +40.00 | 30.00x |" in text
     assert "| trimformer | x2 | sst2 | 2.00x | +1.00 | n/a | n/a |" in text  # faster than none, better than all
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
+
+
+def test_summary_of_no_points_writes_nothing(tmp_path):
+    """A sweep stopped after its fine-tunes has no point yet (the GPU driver's first calls)."""
+    frontier.write_summary(tmp_path, "Protocol.")
+    assert not (tmp_path / "frontier.md").exists() and not (tmp_path / "frontier.png").exists()

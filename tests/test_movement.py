@@ -205,3 +205,63 @@ def test_value_rule_removes_a_head_whose_value_rows_are_masked():
     masks[layer0.value]["weight"][16:20, :8] = 0  # head 2: partly masked value -> kept
     plan = shrink(model, value_rule_masks(model, masks))
     assert list(plan.layers[0].heads_kept) == [0, 2, 3] and list(plan.layers[1].heads_kept) == [0, 1, 2, 3]
+
+
+def _hard_taylor_engine(model, warm_up: int = 2, cool_down: int = 6):
+    from trimformer.pruners import MovementEngine
+
+    names = [n for layer in model_structure(model).layers for n in layer.attention_linears]
+    return MovementEngine(model, [{"op_names": names, "sparsity": 0.25}], warm_up_step=warm_up,
+                          cool_down_beginning_step=cool_down, movement_mode="hard", granularity="auto",
+                          head_units=True, score="taylor")
+
+
+def test_taylor_head_scores_add_the_absolute_block_gradient_each_step():
+    model = tiny_bert(LAYERS).train()
+    engine = _hard_taylor_engine(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    expected = {n: torch.zeros_like(p.scores) for n, p in engine.params.items()}
+    for batch in make_batches(4):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        for n, p in engine.params.items():
+            expected[n] += p.scores.grad.abs()  # movement would subtract the signed gradient instead
+        optimizer.step()
+        engine.step()
+    for n, p in engine.params.items():
+        assert torch.allclose(p.scores.detach(), expected[n], atol=1e-7)
+        assert p.scores.grad is None  # consumed, so the next step does not count it twice
+    assert any(float(e.sum()) > 0 for e in expected.values())
+
+
+def test_taylor_prunes_the_head_that_does_nothing():
+    model = tiny_bert(LAYERS).train()  # 4 heads of 8 per layer
+    layer = model_structure(model).layers[0]
+    modules = dict(model.named_modules())
+    with torch.no_grad():  # head 2 of layer 0: all of its weights zero, so no loss depends on them
+        for name in (layer.query, layer.key, layer.value):
+            modules[name].weight[16:24].zero_()
+            modules[name].bias[16:24].zero_()
+        modules[layer.attn_out].weight[:, 16:24].zero_()
+    engine = _hard_taylor_engine(model, warm_up=1, cool_down=100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for batch in make_batches(6):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        engine.step()
+    masks = engine.pruner.compute_masks(1.0)
+    rows_kept = masks[layer.value]["weight"][:, 0].reshape(4, 8)[:, 0]
+    assert rows_kept.tolist() == [1, 1, 0, 1]
+
+
+def test_taylor_scores_refuse_soft_mode():
+    from trimformer.pruners import MovementEngine
+
+    model = tiny_bert(LAYERS)
+    names = [n for layer in model_structure(model).layers for n in (layer.query, layer.key, layer.value)]
+    with pytest.raises(ValueError, match="taylor"):
+        MovementEngine(model, [{"op_names": names, "sparsity": 0.1}], warm_up_step=0, cool_down_beginning_step=1,
+                       movement_mode="soft", score="taylor")

@@ -130,6 +130,16 @@ def test_global_allocation_keeps_the_uniform_totals(tmp_path):
     assert abs(sum(ffn) - 64) <= 2 and min(ffn) >= 1  # 2 x 64 channels at 0.5 over 3 rounds (rounding)
 
 
+def test_taylor_head_scores_through_the_recipe(tmp_path):
+    out = tiny_run_to_ffn(tmp_path, "attention.score=taylor", "attention.allocation=global")
+    from trimformer.bench import layer_widths
+    from trimformer.io import load_pruned
+
+    assert "attention: global heads ranked by taylor scores" in (out / "run.log").read_text()
+    heads, _ = layer_widths(load_pruned(out / "stages" / "heads" / "model"))
+    assert sum(heads) == 4 and min(heads) >= 1
+
+
 def test_hidden_state_distillation_in_every_pruning_stage(tmp_path):
     out = tiny_run_to_ffn(tmp_path, "attention.hidden_distill=1", "distil.hidden_distill=1", "ffn.hidden_distill=1",
                           "ffn.recover=0.25")

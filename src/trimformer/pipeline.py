@@ -181,7 +181,10 @@ class Run:
                                 regular_scale=section.regular_scale, movement_mode=section.mode,
                                 granularity=section.granularity, score_lr=section.score_lr,
                                 head_units=section.mode == "hard", score_optimizer=section.score_optimizer,
-                                threshold=section.threshold, head_allocation=section.allocation)
+                                threshold=section.threshold, head_allocation=section.allocation,
+                                score=section.score)
+        if section.mode == "hard":
+            log.info("attention: %s heads ranked by %s scores", section.allocation, section.score)
         train_set = self.teacher_set() if section.distill else self.data.train
         result = fit(model, self.task, train_set, self.data.collate, settings, evaluate_fn=self.evaluate,
                      main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir("attention") / "checkpoint",

@@ -199,16 +199,25 @@ class MovementEngine:
     `cool_down_beginning_step` on.
 
     Scores train with plain SGD at `score_lr` by default, so a score is the accumulated movement;
-    `score_optimizer="adam"` (lr 1e-2 in NNI) is what the NNI tutorial ran."""
+    `score_optimizer="adam"` (lr 1e-2 in NNI) is what the NNI tutorial ran.
+
+    `score="taylor"` (hard mode) keeps the same masks and schedule but ranks blocks by first-order
+    Taylor importance instead: each step adds |sum over the block of w * dL/dw| (the loss's
+    sensitivity to scaling the block, as Michel et al. 2019 score heads), so a block matters whether
+    its weights move in or out. Movement is a signed sum that needs many steps away from a
+    converged fine-tune to mean anything; a one-epoch stage on a few thousand rows has ~100."""
 
     def __init__(self, model: nn.Module, config_list: list, warm_up_step: int, cool_down_beginning_step: int,
                  regular_scale: float = 1.0, movement_mode: str = "hard", granularity: GranularitySpec = "finegrained",
                  score_lr: float = 1.0, head_units: bool = False, score_optimizer: str = "sgd",
-                 threshold: float = 0.0, head_allocation: str = "layer"):
+                 threshold: float = 0.0, head_allocation: str = "layer", score: str = "movement"):
         if movement_mode not in ("hard", "soft"):
             raise ValueError(f"movement_mode must be 'hard' or 'soft', got {movement_mode!r}")
         if score_optimizer not in ("sgd", "adam"):
             raise ValueError(f"score_optimizer must be 'sgd' or 'adam', got {score_optimizer!r}")
+        if score not in ("movement", "taylor") or (score == "taylor" and movement_mode != "hard"):
+            raise ValueError(f"score must be 'movement', or 'taylor' with hard mode; got {score!r} in {movement_mode}")
+        self.score = score
         self.threshold = float(threshold)
         self.pruner = Pruner(model, config_list, importance=self._scores, granularity=granularity,
                              head_units=head_units, head_allocation=head_allocation)
@@ -248,8 +257,15 @@ class MovementEngine:
     def step(self) -> None:
         """After the model's optimiser step: update scores, then masks."""
         dist.average_grads(p.scores for p in self.params.values())  # same scores on every rank
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.score == "taylor":
+            with torch.no_grad():
+                for param in self.params.values():
+                    if param.scores.grad is not None:
+                        param.scores.add_(param.scores.grad.abs())
+                        param.scores.grad = None
+        else:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
         if self.step_count < self.warm_up or self.step_count > self.cool_down:
             return

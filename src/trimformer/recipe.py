@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trimformer.config import ConfigError
 
@@ -52,6 +52,15 @@ class Attention(StageTrain):
     # all layers together (same total, so the same FLOPs), each layer keeping at least one.
     allocation: Literal["layer", "global"] = "layer"
     distill: bool = False
+    # Hard mode: what ranks the heads: learned movement scores, or first-order Taylor importance
+    # |w * dL/dw| summed per block, accumulated every step (pruners.MovementEngine).
+    score: Literal["movement", "taylor"] = "movement"
+
+    @model_validator(mode="after")
+    def _taylor_is_hard(self) -> Attention:
+        if self.score == "taylor" and self.mode != "hard":
+            raise ValueError("score 'taylor' ranks heads for hard mode; set attention.mode=hard")
+        return self
 
 
 class Heads(_Strict):
