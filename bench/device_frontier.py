@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--machine", default="GPU")
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--extra", nargs="+", default=[], help="overrides for every run (a quick dry run on a CPU)")
+    parser.add_argument("--methods", nargs="+", help="only these methods, at x2, x3 and x5 (default: PRIORITY)")
     args = parser.parse_args()
     start = time.time()
     work, results, logs = Path(args.work), Path(args.work) / "results", Path(args.work) / "logs"
@@ -131,7 +132,8 @@ def main() -> None:
     overrides = [*DEVICE_OVERRIDES, *args.extra]
     finetunes = {t: Job(f"{t}-finetune", [*common_args(args, work, results), "--tasks", t, "--stop-after", "finetune",
                                           "--override", *overrides], logs / f"{t}-finetune.log") for t in args.tasks}
-    queue = [(t, m, v) for m, values in PRIORITY for v in values for t in args.tasks]
+    priority = [(m, [2, 3, 5]) for m in args.methods] if args.methods else PRIORITY
+    queue = [(t, m, v) for m, values in priority for v in values for t in args.tasks]
     running: dict[str, Job] = {}
     done, failed, last_print = [], [], 0.0
     while True:

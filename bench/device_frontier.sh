@@ -12,4 +12,4 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLEL
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
 python3 bench/device_frontier.py --model .devcarry/model --glue-dir .devcarry/glue --out "$OUT/frontier.tar.gz" \
-  --slots "${SLOTS:-12}" --deadline "${DEADLINE:-530}" --machine "$gpu, bf16 autocast, up to ${SLOTS:-12} points at once"
+  --slots "${SLOTS:-12}" --deadline "${DEADLINE:-530}" ${METHODS:+--methods $METHODS} --machine "$gpu, bf16 autocast, up to ${SLOTS:-12} points at once"
