@@ -155,6 +155,17 @@ def test_tutorial_taylor_call_on_op_names():
     assert not hasattr(model.bert.encoder.layer[0].intermediate.dense, "parametrizations")
 
 
+def train_with_engine(model, engine, batches, lr: float) -> None:
+    """AdamW steps on the model, the engine stepping its scores and masks after each."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    for batch in batches:
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        engine.step()
+
+
 def _soft_engine_masks(threshold: float, score_optimizer: str = "sgd", score_lr: float = 1.0):
     from trimformer.pruners import MovementEngine
 
@@ -163,13 +174,7 @@ def _soft_engine_masks(threshold: float, score_optimizer: str = "sgd", score_lr:
     engine = MovementEngine(model, [{"op_names": names, "sparsity": 0.1}], warm_up_step=2, cool_down_beginning_step=6,
                             regular_scale=0.0, movement_mode="soft", granularity="auto", score_lr=score_lr,
                             score_optimizer=score_optimizer, threshold=threshold)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for batch in make_batches(8):
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        engine.step()
+    train_with_engine(model, engine, make_batches(8), lr=1e-3)
     return engine
 
 
@@ -245,13 +250,7 @@ def test_taylor_prunes_the_head_that_does_nothing():
             modules[name].bias[16:24].zero_()
         modules[layer.attn_out].weight[:, 16:24].zero_()
     engine = _hard_taylor_engine(model, warm_up=1, cool_down=100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    for batch in make_batches(6):
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        engine.step()
+    train_with_engine(model, engine, make_batches(6), lr=1e-4)
     masks = engine.pruner.compute_masks(1.0)
     rows_kept = masks[layer.value]["weight"][:, 0].reshape(4, 8)[:, 0]
     assert rows_kept.tolist() == [1, 1, 0, 1]
