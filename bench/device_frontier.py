@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from frontier import SAME_UNTIL  # noqa: E402
+from frontier import SAME_UNTIL, TARGET_METHODS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["mrpc", "stsb", "rte", "cola", "sst2"]
@@ -118,7 +118,8 @@ def main() -> None:
     parser.add_argument("--machine", default="GPU")
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--extra", nargs="+", default=[], help="overrides for every run (a quick dry run on a CPU)")
-    parser.add_argument("--methods", nargs="+", help="only these methods, at x2, x3 and x5 (default: PRIORITY)")
+    parser.add_argument("--methods", nargs="+",
+                        help="only these target-speedup methods, at x2, x3 and x5 (default: PRIORITY)")
     args = parser.parse_args()
     start = time.time()
     work, results, logs = Path(args.work), Path(args.work) / "results", Path(args.work) / "logs"
@@ -132,6 +133,8 @@ def main() -> None:
     overrides = [*DEVICE_OVERRIDES, *args.extra]
     finetunes = {t: Job(f"{t}-finetune", [*common_args(args, work, results), "--tasks", t, "--stop-after", "finetune",
                                           "--override", *overrides], logs / f"{t}-finetune.log") for t in args.tasks}
+    if args.methods and not set(args.methods) <= set(TARGET_METHODS):
+        parser.error(f"--methods takes methods swept by target speedup: {sorted(TARGET_METHODS)}")
     priority = [(m, [2, 3, 5]) for m in args.methods] if args.methods else PRIORITY
     queue = [(t, m, v) for m, values in priority for v in values for t in args.tasks]
     running: dict[str, Job] = {}

@@ -81,8 +81,8 @@ TRIMFORMER = [*LAYERWISE, "attention.allocation=global", "ffn.allocation=global"
 # `calibrated`: trimformer's with the FFN epoch's last quarter trained from the full learning rate
 # (not the last round's) and the classifier's bias shifted to the teacher's class rates on the
 # training rows at the end (calibrate.py; one inference pass, no dev labels). `taylor`: calibrated's
-# with the attention epoch ranking heads by accumulated first-order Taylor importance |w * dL/dw|
-# instead of learned movement scores (pruners.MovementEngine; movement needs many steps to mean
+# with the attention epoch ranking heads by accumulated first-order Taylor importance (|sum w * dL/dw|
+# per block, every step) instead of learned movement scores (movement.py; movement needs many steps to mean
 # anything, and the small tasks give the epoch ~100); `taylor_uncal`: taylor's without the bias calibration.
 CALIBRATED = [*TRIMFORMER, "ffn.recover_lr=3e-5", "ffn.calibrate_rows=8192"]
 TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": [],

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from trimformer.pruners import MovementEngine, Pruner
+from trimformer.movement import MovementEngine
+from trimformer.pruners import Pruner
 from trimformer.schedule import Iterative
 
 TARGET_RATIO = 1.10

@@ -167,7 +167,7 @@ def train_with_engine(model, engine, batches, lr: float) -> None:
 
 
 def _soft_engine_masks(threshold: float, score_optimizer: str = "sgd", score_lr: float = 1.0):
-    from trimformer.pruners import MovementEngine
+    from trimformer.movement import MovementEngine
 
     model = tiny_bert(LAYERS).train()
     names = [n for layer in model_structure(model).layers for n in (layer.query, layer.key, layer.value)]
@@ -213,7 +213,7 @@ def test_value_rule_removes_a_head_whose_value_rows_are_masked():
 
 
 def _hard_taylor_engine(model, warm_up: int = 2, cool_down: int = 6):
-    from trimformer.pruners import MovementEngine
+    from trimformer.movement import MovementEngine
 
     names = [n for layer in model_structure(model).layers for n in layer.attention_linears]
     return MovementEngine(model, [{"op_names": names, "sparsity": 0.25}], warm_up_step=warm_up,
@@ -257,7 +257,7 @@ def test_taylor_prunes_the_head_that_does_nothing():
 
 
 def test_taylor_scores_refuse_soft_mode():
-    from trimformer.pruners import MovementEngine
+    from trimformer.movement import MovementEngine
 
     model = tiny_bert(LAYERS)
     names = [n for layer in model_structure(model).layers for n in (layer.query, layer.key, layer.value)]

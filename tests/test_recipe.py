@@ -31,7 +31,8 @@ def test_overrides_are_typed_and_nested():
     (["ffn.rounds=0"], "ffn.rounds"),
     (["attention.mode=medium"], "attention.mode"),
     (["seed"], "not key=value"),
-    (["attention.mode=soft", "attention.score=taylor"], "attention: Value error, score 'taylor'"),
+    (["attention.mode=soft", "attention.score=taylor"], "score 'taylor' ranks heads for hard mode"),
+    (["attention.mode=hard", "attention.score=taylor", "attention.score_optimizer=adam"], "trains no scores"),
     (["attention.score=fisher"], "attention.score"),
 ])
 def test_bad_overrides(overrides, fragment):

@@ -3,6 +3,7 @@
 from trimformer.config import ConfigError, parse_config_list
 from trimformer.io import PrunedModelError, load_pruned, save_pruned
 from trimformer.masks import MaskDict, apply_masks, current_masks, load_masks, remove_masks, save_masks
+from trimformer.movement import MovementEngine
 from trimformer.presets import (
     L1NormPruner,
     L2NormPruner,
@@ -12,7 +13,7 @@ from trimformer.presets import (
     TorchEvaluator,
     trace,
 )
-from trimformer.pruners import MovementEngine, Pruner
+from trimformer.pruners import Pruner
 from trimformer.select import Target, select_targets
 from trimformer.shrink import ShrinkCheckError, ShrinkPlan, apply_plan, plan_from_masks, shrink
 from trimformer.speedup import ModelSpeedup

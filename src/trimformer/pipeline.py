@@ -24,8 +24,9 @@ from trimformer.calibrate import calibrate_output_bias
 from trimformer.distill import compute_teacher_logits, load_teacher_logits, save_teacher_logits
 from trimformer.io import load_pruned, save_pruned
 from trimformer.masks import load_masks, remove_masks, save_masks
+from trimformer.movement import MovementEngine
 from trimformer.plan import value_rule_masks
-from trimformer.pruners import MovementEngine, Pruner
+from trimformer.pruners import Pruner
 from trimformer.recipe import Distil, Ffn, Recipe
 from trimformer.schedule import ffn_layer_sparsities, ffn_round_config
 from trimformer.shrink import shrink
@@ -184,7 +185,7 @@ class Run:
                                 threshold=section.threshold, head_allocation=section.allocation,
                                 score=section.score)
         if section.mode == "hard":
-            log.info("attention: %s heads ranked by %s scores", section.allocation, section.score)
+            log.info("attention: %s heads ranked by %s scores", section.allocation, engine.score)
         train_set = self.teacher_set() if section.distill else self.data.train
         result = fit(model, self.task, train_set, self.data.collate, settings, evaluate_fn=self.evaluate,
                      main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir("attention") / "checkpoint",

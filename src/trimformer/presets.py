@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from trimformer.masks import MaskDict, remove_masks
-from trimformer.pruners import MovementEngine, Pruner
+from trimformer.movement import MovementEngine
+from trimformer.pruners import Pruner
 
 
 def trace(obj: Any) -> Any:

@@ -9,7 +9,7 @@
 
 Masks are parametrizations, so the model stays an ordinary module and the optimiser that
 was built before attaching keeps working. Movement pruning (learned scores) lives in
-`MovementEngine` below, on the same pieces.
+`movement.MovementEngine`, on the same pieces.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from trimformer import dist
 from trimformer.allocate import Block, allocate, block_reduce, global_head_keep, resolve_block, topk_keep
 from trimformer.config import GranularitySpec
 from trimformer.masks import MaskDict, apply_masks, current_masks, remove_masks
 from trimformer.plan import whole_head_masks
-from trimformer.schedule import Constant, Cubic, Schedule
-from trimformer.scoring import Importance, MovementMask, TaylorImportance, l1_importance, l2_importance
+from trimformer.schedule import Constant, Schedule
+from trimformer.scoring import Importance, TaylorImportance, l1_importance, l2_importance
 from trimformer.select import Target, select_targets
 from trimformer.structure import ModelStructure, family_of, model_structure
 
@@ -186,117 +185,6 @@ def _couple_ffn(masks: MaskDict, structure: ModelStructure | None, blocks: dict[
         masks[a.name] = {"weight": keep[:, None].expand_as(a.module.weight).clone()}
         masks[b.name] = {"weight": keep[None, :].expand_as(b.module.weight).clone()}
     return masks
-
-
-class MovementEngine:
-    """Movement pruning with learned per-block scores (Sanh et al. 2020).
-
-    hard: keep the top (1 - s_t) blocks by score, s_t on NNI's cubic schedule.
-    soft: keep blocks whose score is above `threshold` (ramped from 0 on the cubic schedule; NNI's
-    soft mode reads the config's sparsity as this threshold, 0.1 in the tutorial); an L1 penalty on
-    sigmoid(scores), weighted by `regular_scale` (ramped the same way), pushes scores down, so a
-    larger `regular_scale` prunes more. Masks are all ones before `warm_up_step` and frozen from
-    `cool_down_beginning_step` on.
-
-    Scores train with plain SGD at `score_lr` by default, so a score is the accumulated movement;
-    `score_optimizer="adam"` (lr 1e-2 in NNI) is what the NNI tutorial ran.
-
-    `score="taylor"` (hard mode) keeps the same masks and schedule but ranks blocks by first-order
-    Taylor importance instead: each step adds |sum over the block of w * dL/dw| (the loss's
-    sensitivity to scaling the block, as Michel et al. 2019 score heads), so a block matters whether
-    its weights move in or out. Movement is a signed sum that needs many steps away from a
-    converged fine-tune to mean anything; a one-epoch stage on a few thousand rows has ~100."""
-
-    def __init__(self, model: nn.Module, config_list: list, warm_up_step: int, cool_down_beginning_step: int,
-                 regular_scale: float = 1.0, movement_mode: str = "hard", granularity: GranularitySpec = "finegrained",
-                 score_lr: float = 1.0, head_units: bool = False, score_optimizer: str = "sgd",
-                 threshold: float = 0.0, head_allocation: str = "layer", score: str = "movement"):
-        if movement_mode not in ("hard", "soft"):
-            raise ValueError(f"movement_mode must be 'hard' or 'soft', got {movement_mode!r}")
-        if score_optimizer not in ("sgd", "adam"):
-            raise ValueError(f"score_optimizer must be 'sgd' or 'adam', got {score_optimizer!r}")
-        if score not in ("movement", "taylor") or (score == "taylor" and movement_mode != "hard"):
-            raise ValueError(f"score must be 'movement', or 'taylor' with hard mode; got {score!r} in {movement_mode}")
-        self.score = score
-        self.threshold = float(threshold)
-        self.pruner = Pruner(model, config_list, importance=self._scores, granularity=granularity,
-                             head_units=head_units, head_allocation=head_allocation)
-        self.mode = movement_mode
-        self.regular_scale = float(regular_scale)
-        self.ramp = Cubic(warm_up_step, cool_down_beginning_step)
-        self.warm_up, self.cool_down = warm_up_step, cool_down_beginning_step
-        self.params: dict[str, MovementMask] = {}
-        for t in self.pruner.targets:
-            weight = t.module.weight
-            mask = torch.ones_like(weight, dtype=torch.float32)
-            remove_masks_of(t.module)
-            param = MovementMask(mask, self.pruner.blocks[t.name])
-            torch.nn.utils.parametrize.register_parametrization(t.module, "weight", param)
-            self.params[t.name] = param
-        # Plain SGD: a score is then the accumulated movement -sum(w * dL/dw) minus the penalty's pull,
-        # so their sizes compete (Adam would normalise the movement signal away).
-        scores = [p.scores for p in self.params.values()]
-        self.optimizer = (torch.optim.SGD(scores, lr=score_lr) if score_optimizer == "sgd"
-                          else torch.optim.Adam(scores, lr=score_lr))
-        self.step_count = 0
-
-    def _scores(self, target: Target) -> torch.Tensor:
-        # Elementwise view of the block scores, so the shared allocator can rank them.
-        param = self.params[target.name]
-        rows, cols = param.block
-        return param.scores.detach().repeat_interleave(rows, 0).repeat_interleave(cols, 1) / (rows * cols)
-
-    def regularization_loss(self) -> torch.Tensor:
-        """Soft mode's penalty (0 in hard mode and during warm-up); add it to the task loss."""
-        if self.mode != "soft" or self.step_count < self.warm_up:
-            return torch.zeros(())
-        scale = self.regular_scale * self.ramp(self.step_count)
-        terms = [torch.sigmoid(p.scores).mean() for p in self.params.values()]
-        return scale * torch.stack(terms).mean()
-
-    def step(self) -> None:
-        """After the model's optimiser step: update scores, then masks."""
-        dist.average_grads(p.scores for p in self.params.values())  # same scores on every rank
-        if self.score == "taylor":
-            with torch.no_grad():
-                for param in self.params.values():
-                    if param.scores.grad is not None:
-                        param.scores.add_(param.scores.grad.abs())
-                        param.scores.grad = None
-        else:
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.step_count += 1
-        if self.step_count < self.warm_up or self.step_count > self.cool_down:
-            return
-        self.refresh_masks()
-
-    def refresh_masks(self) -> None:
-        """Recompute every mask from the current scores."""
-        with torch.no_grad():
-            if self.mode == "soft":
-                threshold = self.threshold * self.ramp(self.step_count)
-                for param in self.params.values():
-                    keep = (param.scores > threshold).float()
-                    param.mask.copy_(keep.repeat_interleave(param.block[0], 0).repeat_interleave(param.block[1], 1))
-            else:
-                masks = self.pruner.compute_masks(self.ramp(self.step_count))
-                for name, tensors in masks.items():
-                    self.params[name].mask.copy_(tensors["weight"])
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Scores and masks, for checkpoints (safetensors-friendly keys)."""
-        out = {f"{n}.scores": p.scores.detach().cpu() for n, p in self.params.items()}
-        out.update({f"{n}.mask": p.mask.detach().cpu() for n, p in self.params.items()})
-        return out
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], step_count: int) -> None:
-        """Restore `state_tensors()` output and the step counter."""
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.scores.copy_(tensors[f"{n}.scores"])
-                p.mask.copy_(tensors[f"{n}.mask"])
-        self.step_count = step_count
 
 
 def remove_masks_of(module: nn.Module) -> None:

@@ -52,14 +52,17 @@ class Attention(StageTrain):
     # all layers together (same total, so the same FLOPs), each layer keeping at least one.
     allocation: Literal["layer", "global"] = "layer"
     distill: bool = False
-    # Hard mode: what ranks the heads: learned movement scores, or first-order Taylor importance
-    # |w * dL/dw| summed per block, accumulated every step (pruners.MovementEngine).
+    # Hard mode: what ranks the heads: learned movement scores, or first-order Taylor importance,
+    # |sum of w * dL/dw| per block added every step, a head's four blocks summed (movement.py).
+    # score_lr and score_optimizer train movement scores only.
     score: Literal["movement", "taylor"] = "movement"
 
     @model_validator(mode="after")
     def _taylor_is_hard(self) -> Attention:
         if self.score == "taylor" and self.mode != "hard":
             raise ValueError("score 'taylor' ranks heads for hard mode; set attention.mode=hard")
+        if self.score == "taylor" and (self.score_optimizer != "sgd" or self.score_lr != 1.0):
+            raise ValueError("score 'taylor' sums importance and trains no scores; drop score_optimizer and score_lr")
         return self
 
 
