@@ -8,7 +8,8 @@ say, the FFN stage differ only in what that stage does.
 It copies `<work>/<task>/<point>` (kept: the stages up to and including `--after`, its target and
 teacher logits) to `<work>/<task>/<point>+<name>`, re-runs the point's command with the overrides
 appended (the earlier stages are skipped as done), and writes one JSON row per branch, with every
-stage's metrics, to `--results`. A branch whose JSON exists is skipped.
+stage's metrics and the source point's, to `--results`. A branch whose JSON exists is skipped.
+`--stop-after STAGE` ends the branch there (an A/B of one stage; the row then has no final metrics).
 """
 
 from __future__ import annotations
@@ -33,6 +34,21 @@ def stage_metrics(out: Path) -> dict[str, dict]:
     return rows
 
 
+def branch_row(args: argparse.Namespace, source: Path, out: Path, seconds: float, command: str) -> dict:
+    """One branch's result row: the final metrics (unless stopped early), every stage's metrics and
+    the source point's, so the row alone compares the branch with where it came from."""
+    row = {"task": args.task, "point": args.point, "branch": args.name, "after": args.after,
+           "overrides": args.override}
+    if args.stop_after is None:
+        report = json.loads((out / "report.json").read_text())
+        row.update({**metric_fields(report), "speedup_at_run": report["speedup"]})
+    else:
+        row["stop_after"] = args.stop_after
+    row.update({"stages": stage_metrics(out), "source_stages": stage_metrics(source), "seconds": seconds,
+                "command": command})
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True)
@@ -41,6 +57,7 @@ def main() -> None:
     parser.add_argument("--method", help="the source point's method when its folder name is an older one")
     parser.add_argument("--name", required=True, help="the branch's name (folder <point>+<name>)")
     parser.add_argument("--override", nargs="*", default=[], help="recipe key=value for the later stages")
+    parser.add_argument("--stop-after", choices=STAGES[1:], help="end the branch after this stage")
     parser.add_argument("--glue-dir", default=str(ROOT.parent / "shared" / "glue"))
     parser.add_argument("--work", default=str(ROOT / "runs" / "frontier"))
     parser.add_argument("--results", default=str(ROOT / "runs" / "branches"))
@@ -55,17 +72,14 @@ def main() -> None:
     if not (out / "stages" / args.after / "done.json").is_file():
         branch_dir(source, out, args.after)
     flags, overrides = method_overrides(method, float(value))
-    cmd = [*base_cmd(args.task, Harness(args.glue_dir, work), out), "--resume", *flags, *overrides, *args.override]
+    cmd = [*base_cmd(args.task, Harness(args.glue_dir, work), out), "--resume", *flags, *overrides, *args.override,
+           *(["--stop-after", args.stop_after] if args.stop_after else [])]
     start = time.perf_counter()
     run(cmd)
-    report = json.loads((out / "report.json").read_text())
-    row = {"task": args.task, "point": args.point, "branch": args.name, "after": args.after,
-           "overrides": args.override, **metric_fields(report), "speedup_at_run": report["speedup"],
-           "stages": stage_metrics(out),
-           "seconds": time.perf_counter() - start,
-           "command": " ".join(str(c) for c in cmd).replace(sys.executable, "python")}
+    row = branch_row(args, source, out, time.perf_counter() - start,
+                     " ".join(str(c) for c in cmd).replace(sys.executable, "python"))
     write_row(result, row)
-    print(json.dumps({k: row[k] for k in ("task", "point", "branch", "pruned_metric", "drop")}))
+    print(json.dumps({k: row.get(k) for k in ("task", "point", "branch", "pruned_metric", "drop", "stop_after")}))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,23 @@ def test_branch_keeps_the_stages_up_to_the_one_named(tmp_path):
     assert list(branch.stage_metrics(target)) == ["finetune", "attention", "heads", "distil"]
 
 
+def test_a_branch_stopped_early_records_its_stages_beside_the_source_points(tmp_path):
+    import argparse
+
+    source = fake_point(tmp_path / "trimformer-3")
+    out = tmp_path / "trimformer-3+taylor"
+    branch.branch_dir(source, out, "finetune")
+    for stage, value in (("attention", 0.7), ("heads", 0.7), ("distil", 0.8)):  # what the branch's run wrote
+        (out / "stages" / stage).mkdir(parents=True)
+        (out / "stages" / stage / "done.json").write_text(json.dumps({"metrics": {"accuracy": value}}))
+    args = argparse.Namespace(task="cola", point="trimformer-3", name="taylor", after="finetune",
+                              override=["attention.score=taylor"], stop_after="distil")
+    row = branch.branch_row(args, source, out, 1.0, "python -m trimformer run ...")
+    assert row["stop_after"] == "distil" and "pruned_metric" not in row  # no report.json was read
+    assert row["stages"]["distil"] == {"accuracy": 0.8} and "ffn" not in row["stages"]
+    assert row["source_stages"]["distil"] == {"accuracy": 0.5} and "ffn" in row["source_stages"]
+
+
 def test_branch_refuses_a_stage_the_point_has_not_finished(tmp_path):
     source = fake_point(tmp_path / "p")
     (source / "stages" / "ffn" / "done.json").unlink()
