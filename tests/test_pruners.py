@@ -191,6 +191,16 @@ def test_global_head_keep_ranks_all_layers_together_and_keeps_one_per_layer():
     assert uniform == [4, 4, 4]
 
 
+def test_per_layer_normalised_scores_share_the_cut_between_layers():
+    from trimformer.allocate import global_head_keep, per_layer_normalised
+
+    scores = [torch.tensor([100.0, 200.0, 300.0, 400.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])]
+    raw = [int(k.sum()) for k in global_head_keep([s.clone() for s in scores], 0.5)]
+    assert raw == [3, 1]  # the small-scale layer loses all but its best head
+    normalised = [int(k.sum()) for k in global_head_keep(per_layer_normalised(scores), 0.5)]
+    assert normalised == [2, 2]
+
+
 def test_global_head_allocation_in_the_pruner_keeps_the_total():
     from trimformer.pruners import Pruner
 
@@ -205,3 +215,8 @@ def test_global_head_allocation_in_the_pruner_keeps_the_total():
     masks = pruner.compute_masks(1.0)
     kept = [int(masks[layer.query]["weight"][:, 0].sum()) // st.head_dim for layer in st.layers]
     assert sum(kept) == 6 and kept[2] == 4 and min(kept) >= 1
+    pruner = Pruner(model, [{"op_names": names, "sparsity": 0.5}], importance="l1", granularity="auto",
+                    head_units=True, head_allocation="global_norm")  # scaled layer no longer wins by scale
+    masks = pruner.compute_masks(1.0)
+    kept = [int(masks[layer.query]["weight"][:, 0].sum()) // st.head_dim for layer in st.layers]
+    assert sum(kept) == 6 and kept[2] < 4 and min(kept) >= 1

@@ -132,6 +132,12 @@ def _allocate_global(members: list[Target], block_scores: dict[str, torch.Tensor
     return out
 
 
+def per_layer_normalised(head_scores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each layer's head scores divided by their L2 norm (Michel et al. 2019), so a global ranking
+    compares heads by their share of their own layer, not by raw scales that differ by layer."""
+    return [s / s.norm().clamp_min(1e-12) for s in head_scores]
+
+
 def global_head_keep(head_scores: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
     """One ranking of every head of every layer: remove the round(sparsity * all heads) lowest,
     never a layer's best head (so every layer keeps one). Heads cost the same in every layer, so

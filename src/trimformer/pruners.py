@@ -19,7 +19,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from trimformer.allocate import Block, allocate, block_reduce, global_head_keep, resolve_block, topk_keep
+from trimformer.allocate import (
+    Block,
+    allocate,
+    block_reduce,
+    global_head_keep,
+    per_layer_normalised,
+    resolve_block,
+    topk_keep,
+)
 from trimformer.config import GranularitySpec
 from trimformer.masks import MaskDict, apply_masks, current_masks, remove_masks
 from trimformer.plan import whole_head_masks
@@ -39,8 +47,8 @@ class Pruner:
     def __init__(self, model: nn.Module, config_list: list, importance: str | Importance = "l1",
                  granularity: GranularitySpec | None = None, schedule: Schedule | None = None,
                  head_units: bool = False, head_allocation: str = "layer"):
-        if head_allocation not in ("layer", "global"):
-            raise ValueError(f"head_allocation must be 'layer' or 'global', got {head_allocation!r}")
+        if head_allocation not in ("layer", "global", "global_norm"):
+            raise ValueError(f"head_allocation must be 'layer', 'global' or 'global_norm', got {head_allocation!r}")
         self.model = model
         self.head_units = head_units
         self.head_allocation = head_allocation
@@ -96,7 +104,9 @@ class Pruner:
             head_score = sum(r.reshape(-1, hd).sum(1) for r in rows) + cols.reshape(-1, hd).sum(1)
             head_scores.append(head_score.float().cpu())
             sparsities.append(sparsity * progress)
-        if self.head_allocation == "global":
+        if self.head_allocation == "global_norm":
+            head_scores = per_layer_normalised(head_scores)
+        if self.head_allocation in ("global", "global_norm"):
             keeps = global_head_keep(head_scores, sum(sparsities) / max(1, len(sparsities)))
         else:
             keeps = [topk_keep(score, s) for score, s in zip(head_scores, sparsities, strict=True)]

@@ -49,8 +49,9 @@ class Attention(StageTrain):
     score_optimizer: Literal["sgd", "adam"] = "sgd"  # adam at score_lr 0.01 is what the NNI tutorial ran
     threshold: float = Field(0.0, ge=0)  # soft mode: keep blocks scoring above this (ramped; NNI: 0.1)
     # Hard mode: 'layer' removes the same share of heads in every layer; 'global' ranks all heads of
-    # all layers together (same total, so the same FLOPs), each layer keeping at least one.
-    allocation: Literal["layer", "global"] = "layer"
+    # all layers together (same total, so the same FLOPs), each layer keeping at least one;
+    # 'global_norm' the same after dividing each layer's head scores by their L2 norm.
+    allocation: Literal["layer", "global", "global_norm"] = "layer"
     distill: bool = False
     # Hard mode: what ranks the heads: learned movement scores, or first-order Taylor importance,
     # |sum of w * dL/dw| per block added every step, a head's four blocks summed (movement.py).
