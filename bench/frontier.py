@@ -84,12 +84,13 @@ TRIMFORMER = [*LAYERWISE, "attention.allocation=global", "ffn.allocation=global"
 # with the attention epoch ranking heads by accumulated first-order Taylor importance (|sum w * dL/dw|
 # per block, every step) instead of learned movement scores (movement.py; movement needs many steps to mean
 # anything, and the small tasks give the epoch ~100); `taylor_uncal`: taylor's without the bias calibration.
-CALIBRATED = [*TRIMFORMER, "ffn.recover_lr=3e-5", "ffn.calibrate_rows=8192"]
+RECOVER_FULL_LR = "ffn.recover_lr=3e-5"
+CALIBRATED = [*TRIMFORMER, RECOVER_FULL_LR, "ffn.calibrate_rows=8192"]
 TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": [],
                   "hidden": [*TRIMFORMER, "attention.hidden_distill=1", "distil.hidden_distill=1",
                              "ffn.hidden_distill=1"],
                   "calibrated": CALIBRATED, "taylor": [*CALIBRATED, "attention.score=taylor"],
-                  "taylor_uncal": [*TRIMFORMER, "ffn.recover_lr=3e-5", "attention.score=taylor"]}
+                  "taylor_uncal": [*TRIMFORMER, RECOVER_FULL_LR, "attention.score=taylor"]}
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "

@@ -155,13 +155,16 @@ def test_tutorial_taylor_call_on_op_names():
     assert not hasattr(model.bert.encoder.layer[0].intermediate.dense, "parametrizations")
 
 
-def train_with_engine(model, engine, batches, lr: float) -> None:
-    """AdamW steps on the model, the engine stepping its scores and masks after each."""
+def train_with_engine(model, engine, batches, lr: float, after_backward=None) -> None:
+    """AdamW steps on the model, the engine stepping its scores and masks after each
+    (`after_backward()` sees the gradients before either step uses them)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     for batch in batches:
         loss = model(**batch).loss
         optimizer.zero_grad()
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         optimizer.step()
         engine.step()
 
@@ -224,16 +227,13 @@ def _hard_taylor_engine(model, warm_up: int = 2, cool_down: int = 6):
 def test_taylor_head_scores_add_the_absolute_block_gradient_each_step():
     model = tiny_bert(LAYERS).train()
     engine = _hard_taylor_engine(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     expected = {n: torch.zeros_like(p.scores) for n, p in engine.params.items()}
-    for batch in make_batches(4):
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
+
+    def add_abs_grads():
         for n, p in engine.params.items():
             expected[n] += p.scores.grad.abs()  # movement would subtract the signed gradient instead
-        optimizer.step()
-        engine.step()
+
+    train_with_engine(model, engine, make_batches(4), lr=1e-3, after_backward=add_abs_grads)
     for n, p in engine.params.items():
         assert torch.allclose(p.scores.detach(), expected[n], atol=1e-7)
         assert p.scores.grad is None  # consumed, so the next step does not count it twice
