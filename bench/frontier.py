@@ -31,6 +31,9 @@ Methods:
                model in the attention, distil and FFN stages (the teacher runs at every step)
   calibrated - trimformer's with the FFN recovery quarter trained from the full learning rate and
                the classifier's bias shifted to the teacher's class rates on 8,192 training rows
+  taylor     - calibrated's with heads ranked by accumulated first-order Taylor importance (what
+               `--recipe trimformer` runs); taylor_uncal without the bias calibration; taylor_heads2
+               and taylor_alpha5 with `target.head_ratio=2` or the task loss weighted 0.5 (see below)
 
     python bench/frontier.py --tasks stsb --methods tutorial --scales 1 3 --stop-after heads
 looks at the heads a few regular_scale values keep without finishing the runs (a finished run
@@ -83,14 +86,20 @@ TRIMFORMER = [*LAYERWISE, "attention.allocation=global", "ffn.allocation=global"
 # training rows at the end (calibrate.py; one inference pass, no dev labels). `taylor`: calibrated's
 # with the attention epoch ranking heads by accumulated first-order Taylor importance (|sum w * dL/dw|
 # per block, every step) instead of learned movement scores (movement.py; movement needs many steps to mean
-# anything, and the small tasks give the epoch ~100); `taylor_uncal`: taylor's without the bias calibration.
+# anything, and the small tasks give the epoch ~100); `taylor_uncal`: taylor's without the bias calibration;
+# `taylor_heads2`: taylor's with the latency budget split to keep twice the share of heads as of FFN
+# channels (`target.head_ratio=2`; same FLOPs: x3 keeps 6 heads and 323 channels per layer, not 4 and 473);
+# `taylor_alpha5`: taylor's with the distil and FFN stages weighting the task loss 0.5 (KD 0.5), not 0.1.
+# These two were measured on the CPU only (bench/results/split-cpu), not yet on all five tasks.
 RECOVER_FULL_LR = "ffn.recover_lr=3e-5"
 CALIBRATED = [*TRIMFORMER, RECOVER_FULL_LR, "ffn.calibrate_rows=8192"]
 TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": [],
                   "hidden": [*TRIMFORMER, "attention.hidden_distill=1", "distil.hidden_distill=1",
                              "ffn.hidden_distill=1"],
                   "calibrated": CALIBRATED, "taylor": [*CALIBRATED, "attention.score=taylor"],
-                  "taylor_uncal": [*TRIMFORMER, RECOVER_FULL_LR, "attention.score=taylor"]}
+                  "taylor_uncal": [*TRIMFORMER, RECOVER_FULL_LR, "attention.score=taylor"],
+                  "taylor_heads2": [*CALIBRATED, "attention.score=taylor", "target.head_ratio=2"],
+                  "taylor_alpha5": [*CALIBRATED, "attention.score=taylor", "distil.alpha=0.5", "ffn.alpha=0.5"]}
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "
@@ -102,7 +111,7 @@ PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; p
 
 # Methods that differ from another one only after a stage start from that method's point once it
 # has finished the stage: the same command up to there, so the same masks and weights, less work.
-SAME_UNTIL = {"calibrated": ("trimformer", "distil")}
+SAME_UNTIL = {"calibrated": ("trimformer", "distil"), "taylor_alpha5": ("taylor", "heads")}
 STAGES = ["finetune", "attention", "heads", "distil", "ffn", "final_distil"]
 
 

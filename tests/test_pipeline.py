@@ -179,3 +179,29 @@ def test_ffn_stage_saved_but_not_recorded_resumes_from_the_saved_model(tmp_path)
     again = load_file(weights)
     assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
     assert (out / "stages" / "ffn" / "done.json").is_file()
+
+
+def test_target_head_ratio_re_splits_a_saved_latency_choice(tmp_path):
+    from trimformer.bench import layer_widths
+    from trimformer.io import load_pruned
+    from trimformer.structure import model_structure
+    from trimformer.target import shape_on_line
+
+    glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
+    line = [[x, 1.0 / (0.1 + 0.9 * x)] for x in (0.3, 0.5, 0.7)]  # a saved choice: no timing in the test
+    widths = {}
+    for ratio in (1, 3):
+        out = tmp_path / f"out{ratio}"
+        out.mkdir()
+        (out / "target.json").write_text(json.dumps({"target_speedup": 2.0, "heads": 2, "ffn": 30,
+                                                     "measured_speedup": 2.0, "calibration": line}))
+        assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe",
+                     "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "--target-speedup", "2",
+                     f"target.head_ratio={ratio}", "--stop-after", "heads", "--resume"]) == 0
+        widths[ratio] = layer_widths(load_pruned(out / "stages" / "heads" / "model"))[0]
+    assert widths[1] == [2, 2]  # the saved choice as it is
+    st = model_structure(load_pruned(tmp_path / "out3" / "stages" / "finetune" / "model"))
+    heads, ffn = shape_on_line(st, line, 2.0, 16, head_ratio=3)  # bench.seq_len=16 in TINY_OVERRIDES
+    assert heads > 2 and widths[3] == [heads, heads]  # re-split on the saved line: more heads
+    log_text = (tmp_path / "out3" / "run.log").read_text()
+    assert f"{heads} heads and {ffn} FFN channels per layer (head ratio 3" in log_text

@@ -8,7 +8,7 @@ import trimformer.target as target_mod
 from tests.models import tiny_bert
 from trimformer.bench import LatencyComparison, LatencyStats, count_params, layer_widths
 from trimformer.structure import model_structure
-from trimformer.target import choose_shape, flops_fraction, shape_for_fraction, shape_of, shaped_copy
+from trimformer.target import choose_shape, flops_fraction, shape_for_fraction, shape_of, shape_on_line, shaped_copy
 
 
 def test_shape_of_and_shaped_copy():
@@ -73,3 +73,23 @@ def test_solver_follows_the_fitted_line_not_one_noisy_timing(monkeypatch):
     choice = choose_shape(model, 2.0)
     true = 1.0 / (0.1 + 0.9 * flops_fraction(st, choice.heads, choice.ffn, 128))
     assert true == pytest.approx(2.0, rel=0.03)
+
+
+def test_head_ratio_moves_the_budget_from_channels_to_heads():
+    st = model_structure(tiny_bert(heads=12, hidden=48, ffn=1200))
+    for fraction in (0.2, 0.33, 0.5):
+        even = shape_for_fraction(st, fraction, 128)
+        assert shape_for_fraction(st, fraction, 128, head_ratio=1.0) == even
+        heads, ffn = shape_for_fraction(st, fraction, 128, head_ratio=2.0)
+        assert heads > even[0] and ffn < even[1]  # more heads, fewer channels ...
+        assert flops_fraction(st, heads, ffn, 128) == pytest.approx(fraction, abs=0.01)  # ... same FLOPs
+        assert heads / 12 == pytest.approx(2 * ffn / 1200, abs=0.1)  # twice the channels' kept share
+    assert shape_for_fraction(st, 0.9, 128, head_ratio=3.0)[0] == 12  # never more heads than there are
+
+
+def test_shape_on_line_solves_the_fitted_line():
+    st = model_structure(tiny_bert(heads=12, hidden=48, ffn=1200))
+    line = [(x, 1.0 / (0.1 + 0.9 * x)) for x in (0.3, 0.5, 0.7)]
+    for ratio in (1.0, 2.0):
+        heads, ffn = shape_on_line(st, line, 2.0, 128, head_ratio=ratio)
+        assert 1.0 / (0.1 + 0.9 * flops_fraction(st, heads, ffn, 128)) == pytest.approx(2.0, rel=0.03)

@@ -296,8 +296,9 @@ class Run:
 
     def apply_target(self) -> None:
         """With a target speedup: measure shapes against the fine-tuned model once (saved in
-        target.json, so a resumed run reuses it) and set the attention and FFN sparsities."""
-        path = self.out / "target.json"
+        target.json, so a resumed run reuses it) and set the attention and FFN sparsities. A saved
+        choice made for another head ratio is re-split on its own fitted latency line."""
+        path, head_ratio = self.out / "target.json", self.recipe.target.head_ratio
         dense = load_pruned(self.stage_dir("finetune") / "model")
         if not path.is_file():
             from trimformer.target import choose_shape
@@ -305,17 +306,24 @@ class Run:
             if dist.is_main():
                 bench = self.recipe.bench
                 choice = choose_shape(dense, self.options.target_speedup, bench.batch_size, bench.seq_len,
-                                      bench.threads, repeats=bench.repeats)
+                                      bench.threads, repeats=bench.repeats, head_ratio=head_ratio)
                 write_json(path, choice.to_dict())
             dist.barrier()
         choice = json.loads(path.read_text())
         st = model_structure(dense)
+        heads, ffn = choice["heads"], choice["ffn"]
+        if choice.get("head_ratio", 1.0) != head_ratio:
+            from trimformer.target import shape_on_line
+
+            heads, ffn = shape_on_line(st, choice["calibration"], choice["target_speedup"],
+                                       self.recipe.bench.seq_len, head_ratio=head_ratio)
         self.recipe.attention.mode = "hard"
-        self.recipe.attention.sparsity = 1 - choice["heads"] / st.num_heads
+        self.recipe.attention.sparsity = 1 - heads / st.num_heads
         self.recipe.ffn.rule = "fixed"
-        self.recipe.ffn.sparsity = 1 - choice["ffn"] / st.intermediate_size
-        log.info("target x%.2f: %d heads and %d FFN channels per layer (measured x%.2f)",
-                 choice["target_speedup"], choice["heads"], choice["ffn"], choice["measured_speedup"])
+        self.recipe.ffn.sparsity = 1 - ffn / st.intermediate_size
+        log.info("target x%.2f: %d heads and %d FFN channels per layer (head ratio %g; the saved choice measured "
+                 "x%.2f for %d and %d)", choice["target_speedup"], heads, ffn, head_ratio,
+                 choice["measured_speedup"], choice["heads"], choice["ffn"])
 
     def run_stages(self, stop_after: str | None = None) -> None:
         """Run every unfinished stage in order (up to and including `stop_after`)."""

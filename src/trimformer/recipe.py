@@ -121,6 +121,14 @@ class Bench(_Strict):
     threads: int | None = None
 
 
+class Target(_Strict):
+    """How `--target-speedup` splits its FLOPs budget between heads and FFN channels."""
+
+    # The heads' kept share over the FFN channels' (1: both cut alike; 2: each layer keeps twice the
+    # share of its heads that it keeps of its channels, at the same FLOPs, so fewer channels).
+    head_ratio: float = Field(1.0, gt=0)
+
+
 class Recipe(_Strict):
     """A whole run: data sizes, then one section per stage."""
 
@@ -139,6 +147,7 @@ class Recipe(_Strict):
     ffn: Ffn = Ffn()
     final_distil: Distil = Distil()
     bench: Bench = Bench()
+    target: Target = Target()
 
 
 def shipped_recipes() -> list[str]:

@@ -30,6 +30,7 @@ class ShapeChoice:
     ffn: int
     measured_speedup: float
     calibration: list[tuple[float, float]]  # (kept encoder FLOPs fraction, measured speedup)
+    head_ratio: float = 1.0  # the heads' kept share over the FFN's (shape_for_fraction)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,15 +48,28 @@ def flops_fraction(st: ModelStructure, heads: int, ffn: int, seq_len: int) -> fl
     return layer_flops(st, heads, ffn, seq_len) / layer_flops(st, st.num_heads, st.intermediate_size, seq_len)
 
 
-def shape_for_fraction(st: ModelStructure, fraction: float, seq_len: int, ffn_multiple: int = 1) -> tuple[int, int]:
-    """Heads and FFN width whose FLOPs fraction is closest to `fraction`: heads take the same
-    share as the FFN (rounded), then the FFN width absorbs the rounding."""
+def shape_for_fraction(st: ModelStructure, fraction: float, seq_len: int, ffn_multiple: int = 1,
+                       head_ratio: float = 1.0) -> tuple[int, int]:
+    """Heads and FFN width whose FLOPs fraction is closest to `fraction`: the heads keep `head_ratio`
+    times the FFN's share (rounded, at most all of them), then the FFN width absorbs the rounding.
+    head_ratio 1 cuts both alike; above 1 spends more of the budget on heads, fewer FFN channels."""
     fraction = min(1.0, max(0.0, fraction))
-    heads = max(1, min(st.num_heads, round(st.num_heads * fraction)))
+    dense = layer_flops(st, st.num_heads, st.intermediate_size, seq_len)
+    head_share = layer_flops(st, st.num_heads, 0, seq_len) / dense  # of the dense layer's FLOPs
+    ffn_keep = fraction / (head_ratio * head_share + 1 - head_share)
+    heads = max(1, min(st.num_heads, round(st.num_heads * min(1.0, head_ratio * ffn_keep))))
     per_channel = 2 * seq_len * 2 * st.hidden_size
-    rest = fraction * layer_flops(st, st.num_heads, st.intermediate_size, seq_len) - layer_flops(st, heads, 0, seq_len)
+    rest = fraction * dense - layer_flops(st, heads, 0, seq_len)
     ffn = round(rest / per_channel / ffn_multiple) * ffn_multiple
     return heads, max(ffn_multiple, min(st.intermediate_size, ffn))
+
+
+def shape_on_line(st: ModelStructure, calibration: list[tuple[float, float]], target_speedup: float,
+                  seq_len: int, ffn_multiple: int = 1, head_ratio: float = 1.0) -> tuple[int, int]:
+    """The shape whose FLOPs fraction the line fitted through `calibration` puts at the target."""
+    a, b = _fit(calibration)
+    fraction = (1.0 / target_speedup - a) / b if b else 1.0 / target_speedup
+    return shape_for_fraction(st, fraction, seq_len, ffn_multiple, head_ratio)
 
 
 def shape_of(model: nn.Module, keep: float, ffn_multiple: int = 1) -> tuple[int, int]:
@@ -86,7 +100,8 @@ def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def choose_shape(model: nn.Module, target_speedup: float, batch_size: int = 32, seq_len: int = 128,
-                 threads: int | None = None, repeats: int = 10, ffn_multiple: int = 1) -> ShapeChoice:
+                 threads: int | None = None, repeats: int = 10, ffn_multiple: int = 1,
+                 head_ratio: float = 1.0) -> ShapeChoice:
     """Pick the uniform shape whose measured speedup over `model` is closest to the target."""
     if target_speedup <= 1.0:
         raise ValueError(f"target speedup must be above 1, got {target_speedup}")
@@ -100,13 +115,11 @@ def choose_shape(model: nn.Module, target_speedup: float, batch_size: int = 32, 
     points: list[tuple[float, float]] = []
     tried: dict[tuple[int, int], float] = {}
     for fraction in (0.6, 0.35, min(0.9, 1.0 / target_speedup)):
-        shape = shape_for_fraction(st, fraction, seq_len, ffn_multiple)
+        shape = shape_for_fraction(st, fraction, seq_len, ffn_multiple, head_ratio)
         tried[shape] = measure(*shape)
         points.append((flops_fraction(st, *shape, seq_len), tried[shape]))
     def solve() -> tuple[int, int]:
-        a, b = _fit(points)
-        fraction = (1.0 / target_speedup - a) / b if b else 1.0 / target_speedup
-        return shape_for_fraction(st, fraction, seq_len, ffn_multiple)
+        return shape_on_line(st, points, target_speedup, seq_len, ffn_multiple, head_ratio)
 
     for _ in range(3):  # solve on the fitted line, time the answer, refit with it
         shape = solve()
@@ -120,4 +133,4 @@ def choose_shape(model: nn.Module, target_speedup: float, batch_size: int = 32, 
         tried[(heads, ffn)] = measure(heads, ffn)
         points.append((flops_fraction(st, heads, ffn, seq_len), tried[(heads, ffn)]))
     return ShapeChoice(target_speedup=target_speedup, heads=heads, ffn=ffn, measured_speedup=tried[(heads, ffn)],
-                       calibration=points)
+                       calibration=points, head_ratio=head_ratio)
