@@ -127,14 +127,16 @@ def main() -> None:
     shutil.copytree(args.targets, work / "targets", dirs_exist_ok=True)
     smoke_work = work / "smoke"
     shutil.copytree(args.targets, smoke_work / "targets", dirs_exist_ok=True)
+    if args.methods and not set(args.methods) <= set(TARGET_METHODS):
+        parser.error(f"--methods takes methods swept by target speedup: {sorted(TARGET_METHODS)}")
+    # The smoke run tries every method this call will run (a typo in a new method fails in seconds).
+    smoke_methods = args.methods or ["tutorial", "trimformer", "calibrated", "taylor"]
     smoke = Job("smoke", [*common_args(args, smoke_work, smoke_work / "results"), "--tasks", "rte", "--methods",
-                          "tutorial", "trimformer", "calibrated", "taylor", "--scales", "1", "--points", "3",
+                          *smoke_methods, "--scales", "1", "--points", "3",
                           "--override", *DEVICE_OVERRIDES, *SMOKE_OVERRIDES, *args.extra], logs / "smoke.log")
     overrides = [*DEVICE_OVERRIDES, *args.extra]
     finetunes = {t: Job(f"{t}-finetune", [*common_args(args, work, results), "--tasks", t, "--stop-after", "finetune",
                                           "--override", *overrides], logs / f"{t}-finetune.log") for t in args.tasks}
-    if args.methods and not set(args.methods) <= set(TARGET_METHODS):
-        parser.error(f"--methods takes methods swept by target speedup: {sorted(TARGET_METHODS)}")
     priority = [(m, [2, 3, 5]) for m in args.methods] if args.methods else PRIORITY
     queue = [(t, m, v) for m, values in priority for v in values for t in args.tasks]
     running: dict[str, Job] = {}

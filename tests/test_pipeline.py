@@ -193,7 +193,7 @@ def test_target_head_ratio_re_splits_a_saved_latency_choice(tmp_path):
     for ratio in (1, 3):
         out = tmp_path / f"out{ratio}"
         out.mkdir()
-        (out / "target.json").write_text(json.dumps({"target_speedup": 2.0, "heads": 2, "ffn": 30,
+        (out / "target.json").write_text(json.dumps({"target_speedup": 2.0, "heads": 2, "ffn": 30, "seq_len": 8,
                                                      "measured_speedup": 2.0, "calibration": line}))
         assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe",
                      "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "--target-speedup", "2",
@@ -201,7 +201,9 @@ def test_target_head_ratio_re_splits_a_saved_latency_choice(tmp_path):
         widths[ratio] = layer_widths(load_pruned(out / "stages" / "heads" / "model"))[0]
     assert widths[1] == [2, 2]  # the saved choice as it is
     st = model_structure(load_pruned(tmp_path / "out3" / "stages" / "finetune" / "model"))
-    heads, ffn = shape_on_line(st, line, 2.0, 16, head_ratio=3)  # bench.seq_len=16 in TINY_OVERRIDES
+    # Solved at the length the saved line was timed at (8), not this run's bench.seq_len=16.
+    heads, ffn = shape_on_line(st, line, 2.0, 8, head_ratio=3)
+    assert (heads, ffn) != shape_on_line(st, line, 2.0, 16, head_ratio=3)
     assert heads > 2 and widths[3] == [heads, heads]  # re-split on the saved line: more heads
     log_text = (tmp_path / "out3" / "run.log").read_text()
     assert f"{heads} heads and {ffn} FFN channels per layer (head ratio 3" in log_text

@@ -315,8 +315,11 @@ class Run:
         if choice.get("head_ratio", 1.0) != head_ratio:
             from trimformer.target import shape_on_line
 
-            heads, ffn = shape_on_line(st, choice["calibration"], choice["target_speedup"],
-                                       self.recipe.bench.seq_len, head_ratio=head_ratio)
+            # The line's FLOPs fractions were counted at the length the shapes were timed at, which
+            # may not be this run's bench.seq_len (the GPU frontier times a token 4 x 32 at the end).
+            seq_len = choice.get("seq_len") or self.recipe.bench.seq_len
+            heads, ffn = shape_on_line(st, choice["calibration"], choice["target_speedup"], seq_len,
+                                       head_ratio=head_ratio)
         self.recipe.attention.mode = "hard"
         self.recipe.attention.sparsity = 1 - heads / st.num_heads
         self.recipe.ffn.rule = "fixed"

@@ -31,6 +31,7 @@ class ShapeChoice:
     measured_speedup: float
     calibration: list[tuple[float, float]]  # (kept encoder FLOPs fraction, measured speedup)
     head_ratio: float = 1.0  # the heads' kept share over the FFN's (shape_for_fraction)
+    seq_len: int | None = None  # the length the FLOPs fractions were counted at (timed at)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,4 +134,4 @@ def choose_shape(model: nn.Module, target_speedup: float, batch_size: int = 32, 
         tried[(heads, ffn)] = measure(heads, ffn)
         points.append((flops_fraction(st, heads, ffn, seq_len), tried[(heads, ffn)]))
     return ShapeChoice(target_speedup=target_speedup, heads=heads, ffn=ffn, measured_speedup=tried[(heads, ffn)],
-                       calibration=points, head_ratio=head_ratio)
+                       calibration=points, head_ratio=head_ratio, seq_len=seq_len)
