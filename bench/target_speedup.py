@@ -4,7 +4,9 @@ Runs the pipeline with the `smoke` recipe (few training steps: latency depends o
 not on how long it trained) on the packaged MiniLM and real SST-2, for each target, and
 reads the speedup the report measured (dense vs pruned at 32 x 128, interleaved, one process).
 
-    python bench/target_speedup.py [--targets 2 3] [--glue-dir ../shared/glue]
+    python bench/target_speedup.py [--targets 2 3] [--glue-dir ../shared/glue] [--head-ratio 2]
+
+With `--head-ratio R` (recipe `target.head_ratio`) the results go to target_speedup_heads<R>.json.
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ def main() -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[2.0, 3.0])
     parser.add_argument("--glue-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "glue"))
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--head-ratio", type=float, default=1.0, help="target.head_ratio for every run")
     args = parser.parse_args()
+    results = RESULTS if args.head_ratio == 1.0 else RESULTS.with_name(f"target_speedup_heads{args.head_ratio:g}.json")
     rows = []
     for target in args.targets:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
             cmd = [sys.executable, "-m", "trimformer", "run", "--recipe", "smoke", "--task", "sst2",
                    "--glue-dir", args.glue_dir, "--output-dir", str(out), "--target-speedup", str(target),
-                   "bench.batch_size=32", "bench.seq_len=128", f"bench.repeats={args.repeats}", "bench.warmup=2"]
+                   "bench.batch_size=32", "bench.seq_len=128", f"bench.repeats={args.repeats}", "bench.warmup=2",
+                   f"target.head_ratio={args.head_ratio:g}"]
             start = time.perf_counter()
             subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True)
             report = json.loads((out / "report.json").read_text())
@@ -50,10 +55,10 @@ def main() -> None:
     result = {"command": "python bench/target_speedup.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "batch": 32, "seq_len": 128, "model": "packaged all-MiniLM-L6-v2",
               "load_average": os.getloadavg(), "runs": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    tmp = results.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, RESULTS)
+    os.replace(tmp, results)
 
 
 if __name__ == "__main__":
