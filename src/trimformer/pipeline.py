@@ -21,6 +21,7 @@ from torch import nn
 
 from trimformer import dist, glue
 from trimformer.calibrate import calibrate_output_bias
+from trimformer.compensate import compensate_cut, sample_batches
 from trimformer.distill import compute_teacher_logits, load_teacher_logits, save_teacher_logits
 from trimformer.io import load_pruned, save_pruned
 from trimformer.masks import load_masks, remove_masks, save_masks
@@ -247,6 +248,16 @@ class Run:
         return ffn_layer_sparsities([layer.ffn_in for layer in structure.layers], heads, structure.num_heads,
                                     structure.intermediate_size, section.rule, section.sparsity)
 
+    def compensate_ffn(self, model: nn.Module, masks: dict, section: Ffn, seed: int) -> None:
+        """Re-fit each cut layer's second FFN linear for the channels about to go (compensate.py)."""
+        consumers = {layer.ffn_in: layer.ffn_out for layer in model_structure(model).layers}
+        keeps = {consumers[name]: mask["weight"].reshape(mask["weight"].shape[0], -1).any(dim=1)
+                 for name, mask in masks.items() if name in consumers}
+        batches = sample_batches(self.data.train, section.compensate_rows, self.recipe.eval_batch_size,
+                                 self.data.collate, seed)
+        tokens = compensate_cut(model, keeps, batches, self.device)
+        log.info("ffn: %d second FFN linears re-fitted by least squares over %d tokens", len(keeps), tokens)
+
     def stage_ffn(self) -> None:
         start, section, folder = time.perf_counter(), self.recipe.ffn, self.stage_dir("ffn")
         progress_file = folder / "progress.json"
@@ -273,6 +284,8 @@ class Run:
                   on_optimizer=lambda opt, p=pruner: opt.register_step_pre_hook(lambda *_: p.taylor.accumulate()))
             masks = pruner.compute_masks(1.0)
             dist.check_identical({n: m["weight"] for n, m in masks.items()}, f"the FFN masks of round {r + 1}")
+            if section.compensate != "none":
+                self.compensate_ffn(model, masks, section, base.seed + 7919 * (r + 1) + 2)
             shrink(model, masks)
             if per_round > gather:
                 train(per_round - gather, lr, base.seed + 7919 * (r + 1) + 1, f"ffn round {r + 1}/{section.rounds}")

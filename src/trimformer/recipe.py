@@ -111,6 +111,11 @@ class Ffn(StageTrain):
     # ranking of the channels of all layers per round, the same total, no layer losing more than
     # three times the round's share in one round.
     allocation: Literal["layer", "global"] = "layer"
+    # 'lstsq': before each cut, re-fit the kept columns and bias of the second FFN linear by least
+    # squares so it emits what it did with the channels that go (compensate.py), from inference
+    # moments over `compensate_rows` training rows.
+    compensate: Literal["none", "lstsq"] = "none"
+    compensate_rows: int = Field(512, ge=1)
 
 
 class Bench(_Strict):

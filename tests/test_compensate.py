@@ -1,0 +1,90 @@
+"""FFN cut compensation: moments over real tokens only, and a least-squares re-fit that makes a cut cost less."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.models import tiny_batch, tiny_bert
+from tests.test_pipeline import tiny_run_to_ffn
+from trimformer.compensate import ChannelStats, collect_channel_stats, compensate_cut, compensate_linear
+from trimformer.shrink import shrink
+
+FFN_IN, FFN_OUT = "bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.0.output.dense"
+
+
+def test_moments_skip_padding_tokens():
+    model = tiny_bert()
+    batch = tiny_batch()  # row 0 is half padding
+    seen = []
+    handle = model.get_submodule(FFN_OUT).register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    stats = collect_channel_stats(model, [FFN_OUT], [batch])[FFN_OUT]
+    handle.remove()
+    tokens = seen[0][batch["attention_mask"].bool()].double()
+    assert stats.count == int(batch["attention_mask"].sum()) == tokens.shape[0]
+    assert torch.allclose(stats.total, tokens.sum(0))
+    assert torch.allclose(stats.gram, tokens.T @ tokens)
+
+
+def test_compensation_modes_on_a_linear():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(6, 3)
+    inputs = torch.randn(500, 6).double() + torch.tensor([2.0, 0, 0, 1.0, 0, 0], dtype=torch.float64)
+    inputs[:, 5] = 0.9 * inputs[:, 0] + 0.1 * torch.randn(500).double()  # a channel the others explain
+    stats = ChannelStats(500, inputs.sum(0), inputs.T @ inputs)
+    keep = torch.tensor([False, True, True, True, True, True])  # channel 0 (mean 2) goes, its near copy stays
+    reference = linear(inputs.float())
+
+    def cut_error(compensate: bool) -> float:
+        copy = torch.nn.Linear(6, 3)
+        copy.load_state_dict(linear.state_dict())
+        if compensate:
+            compensate_linear(copy, keep, stats)
+        with torch.no_grad():
+            copy.weight[:, ~keep] = 0
+            return float((copy(inputs.float()) - reference).pow(2).mean())
+
+    assert cut_error(True) < 0.01 * cut_error(False)  # the mean restored, the near copy explains the rest
+    with pytest.raises(ValueError, match="second moments"):
+        compensate_linear(linear, keep, ChannelStats(500, inputs.sum(0), None))
+
+
+def test_compensated_cut_stays_closer_to_the_uncut_model():
+    model = tiny_bert(ffn=64)
+    batches = [tiny_batch(batch=8, seq=12, seed=s) for s in range(6)]
+    probe = tiny_batch(batch=8, seq=12, seed=99)
+
+    def ffn_output(m) -> torch.Tensor:  # what layer 0's second FFN linear emits on the probe's real tokens
+        seen = []
+        handle = m.get_submodule(FFN_OUT).register_forward_hook(lambda _m, _a, out: seen.append(out))
+        with torch.no_grad():
+            m(**probe)
+        handle.remove()
+        return seen[0][probe["attention_mask"].bool()]
+
+    reference = ffn_output(model)
+    weight = model.get_submodule(FFN_IN).weight
+    keep = torch.ones(64, dtype=torch.bool)
+    keep[::2] = False  # remove half the channels of layer 0
+    masks = {FFN_IN: {"weight": keep[:, None].float().expand_as(weight).clone()}}
+
+    def error(compensate: bool) -> float:
+        copy = tiny_bert(ffn=64)
+        if compensate:
+            compensate_cut(copy, {FFN_OUT: keep}, batches)
+        shrink(copy, masks)
+        assert copy.get_submodule(FFN_OUT).in_features == 32
+        return float((ffn_output(copy) - reference).pow(2).mean())
+
+    assert error(True) < 0.2 * error(False)
+
+
+def test_compensation_through_the_recipe(tmp_path):
+    out = tiny_run_to_ffn(tmp_path, "ffn.compensate=lstsq", "ffn.compensate_rows=8")
+    from trimformer.bench import layer_widths
+    from trimformer.io import load_pruned
+
+    _, ffn = layer_widths(load_pruned(out / "stages" / "ffn" / "model"))
+    assert sum(ffn) < 2 * 64
+    log = (out / "run.log").read_text()
+    assert log.count("2 second FFN linears re-fitted by least squares") == 3  # once per round (smoke: 3)
