@@ -45,12 +45,18 @@ def test_compensation_modes_on_a_linear():
             return float((copy(inputs.float()) - reference).pow(2).mean())
 
     assert cut_error(True) < 0.01 * cut_error(False)  # the mean restored, the near copy explains the rest
+    heavy = torch.nn.Linear(6, 3)
+    heavy.load_state_dict(linear.state_dict())
+    compensate_linear(heavy, keep, stats, ridge=1e3)  # a ridge that large shrinks the kept columns
+    assert heavy.weight[:, keep].norm() < 0.1 * linear.weight[:, keep].norm()
     with pytest.raises(ValueError, match="second moments"):
         compensate_linear(linear, keep, ChannelStats(500, inputs.sum(0), None))
 
 
 def test_compensated_cut_stays_closer_to_the_uncut_model():
     model = tiny_bert(ffn=64)
+    with torch.no_grad():
+        model.get_submodule(FFN_IN).bias.normal_(0, 1.0)
     batches = [tiny_batch(batch=8, seq=12, seed=s) for s in range(6)]
     probe = tiny_batch(batch=8, seq=12, seed=99)
 
@@ -70,13 +76,15 @@ def test_compensated_cut_stays_closer_to_the_uncut_model():
 
     def error(compensate: bool) -> float:
         copy = tiny_bert(ffn=64)
+        with torch.no_grad():  # masked channels emit gelu(bias), which shrink folds into the next bias
+            copy.get_submodule(FFN_IN).bias.copy_(model.get_submodule(FFN_IN).bias)
         if compensate:
             compensate_cut(copy, {FFN_OUT: keep}, batches)
         shrink(copy, masks)
         assert copy.get_submodule(FFN_OUT).in_features == 32
         return float((ffn_output(copy) - reference).pow(2).mean())
 
-    assert error(True) < 0.2 * error(False)
+    assert error(True) < 0.5 * error(False)  # 0.26 here; 48x worse when shrink counted the constants twice
 
 
 def test_compensation_through_the_recipe(tmp_path):

@@ -90,7 +90,8 @@ def collect_channel_stats(model: nn.Module, linear_names: Iterable[str], batches
 @torch.no_grad()
 def compensate_linear(linear: nn.Linear, keep: torch.Tensor, stats: ChannelStats, ridge: float = 1e-3) -> None:
     """Change `linear` in place (before its removed input columns are cut) so that on the collected
-    inputs, W[:, keep] h_keep + b approximates the uncut W h + b. `keep`: bool [in_features]."""
+    inputs, W[:, keep] h_keep + b approximates the uncut W h + b; the removed columns become zero.
+    `keep`: bool [in_features]."""
     if linear.bias is None:
         raise ValueError("compensation needs a linear with a bias")
     keep = keep.to(linear.weight.device).bool()
@@ -118,6 +119,10 @@ def compensate_linear(linear: nn.Linear, keep: torch.Tensor, stats: ChannelStats
     solved = torch.linalg.solve(system, rhs.T).T  # system is symmetric
     linear.weight[:, keep] = solved[:, :-1].to(linear.weight.dtype)
     linear.bias.copy_(solved[:, -1].to(linear.bias.dtype))
+    # The fit already stands in for everything the removed channels emitted. A masked channel still
+    # emits act(its bias), which `shrink` folds into this bias; zero columns make that fold add nothing
+    # (without this, every round counted the removed channels' constant output twice).
+    linear.weight[:, ~keep] = 0
 
 
 def compensate_cut(model: nn.Module, keeps: dict[str, torch.Tensor], batches: Iterable[dict],

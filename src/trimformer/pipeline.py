@@ -255,7 +255,7 @@ class Run:
                  for name, mask in masks.items() if name in consumers}
         batches = sample_batches(self.data.train, section.compensate_rows, self.recipe.eval_batch_size,
                                  self.data.collate, seed)
-        tokens = compensate_cut(model, keeps, batches, self.device)
+        tokens = compensate_cut(model, keeps, batches, self.device, section.compensate_ridge)
         log.info("ffn: %d second FFN linears re-fitted by least squares over %d tokens", len(keeps), tokens)
 
     def stage_ffn(self) -> None:

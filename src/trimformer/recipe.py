@@ -116,6 +116,7 @@ class Ffn(StageTrain):
     # moments over `compensate_rows` training rows.
     compensate: Literal["none", "lstsq"] = "none"
     compensate_rows: int = Field(512, ge=1)
+    compensate_ridge: float = Field(1e-3, gt=0)  # times the channels' mean second moment
 
 
 class Bench(_Strict):
