@@ -118,6 +118,8 @@ def test_heads_cut_from_the_attention_stage_weights_and_ffn_recovery(tmp_path):
     assert not torch.equal(query(cut), query(tuned)[rows])  # ... not the fine-tuned ones
     # 12 steps, a quarter kept back, from the last round's lr (3e-5 / 3 rounds)
     assert "ffn: 3 steps at the final width from lr 1e-05" in (out / "run.log").read_text()
+    # checkpoints were written every 2 steps; finished stages keep none of their resume state
+    assert not [p.name for p in (out / "stages").glob("*/*") if "checkpoint" in p.name or p.name == "round_model"]
 
 
 def test_global_allocation_keeps_the_uniform_totals(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -148,6 +149,9 @@ class Run:
     def finish(self, stage: str, start: float, metrics: dict[str, float], **extra) -> None:
         record = {"stage": stage, "seconds": time.perf_counter() - start, "metrics": metrics, **extra}
         dist.on_main(lambda: write_json(self.stage_dir(stage) / "done.json", record))
+        # Resume state is dead weight once the stage is recorded (a MiniLM run kept ~1 GB of it).
+        for name in ("checkpoint", "recover_checkpoint", "round_model"):
+            dist.on_main(lambda name=name: shutil.rmtree(self.stage_dir(stage) / name, ignore_errors=True))
         log.info("stage %s done: %s", stage, metrics)
 
     # -- stages ---------------------------------------------------------------------------------
@@ -262,7 +266,9 @@ class Run:
         start, section, folder = time.perf_counter(), self.recipe.ffn, self.stage_dir("ffn")
         progress_file = folder / "progress.json"
         done_rounds = json.loads(progress_file.read_text())["round"] if progress_file.is_file() else 0
-        model = load_pruned(folder / "round_model" if done_rounds else self.stage_dir("distil") / "model", self.device)
+        finished = done_rounds >= section.rounds and (folder / "model").is_dir()  # only not recorded
+        model = load_pruned(folder / "model" if finished else folder / "round_model" if done_rounds
+                            else self.stage_dir("distil") / "model", self.device)
         base = self.settings(section, distill=True)
         steps_per_epoch = -(-len(self.data.train) // base.batch_size)
         total = base.max_steps or max(section.rounds, round(base.epochs * steps_per_epoch))
