@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from trimformer.pipeline import write_json
+
 RESULTS = Path(__file__).resolve().parent / "results" / "target_speedup.json"
 
 
@@ -55,10 +57,7 @@ def main() -> None:
     result = {"command": "python bench/target_speedup.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "batch": 32, "seq_len": 128, "model": "packaged all-MiniLM-L6-v2",
               "load_average": os.getloadavg(), "runs": rows}
-    results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = results.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, results)
+    write_json(results, result)
 
 
 if __name__ == "__main__":

@@ -34,15 +34,12 @@ class ChannelStats:
 
     count: int
     total: torch.Tensor  # [in_features]: sum of the inputs
-    gram: torch.Tensor | None  # [in_features, in_features]: sum of outer products, when asked for
-
-    def mean(self) -> torch.Tensor:
-        return self.total / max(self.count, 1)
+    gram: torch.Tensor | None  # [in_features, in_features]: sum of outer products
 
 
 @torch.no_grad()
 def collect_channel_stats(model: nn.Module, linear_names: Iterable[str], batches: Iterable[dict],
-                          device: torch.device | str = "cpu", gram: bool = True) -> dict[str, ChannelStats]:
+                          device: torch.device | str = "cpu") -> dict[str, ChannelStats]:
     """Run `batches` through `model` (eval mode) and gather the input moments of each named linear
     over the tokens the attention mask keeps."""
     names = list(linear_names)
@@ -60,12 +57,10 @@ def collect_channel_stats(model: nn.Module, linear_names: Iterable[str], batches
             if entry is None:
                 width = flat.shape[1]
                 entry = stats[name] = ChannelStats(0, torch.zeros(width, dtype=torch.float64, device=flat.device),
-                                                   torch.zeros(width, width, dtype=torch.float64, device=flat.device)
-                                                   if gram else None)
+                                                   torch.zeros(width, width, dtype=torch.float64, device=flat.device))
             entry.count += flat.shape[0]
             entry.total += flat.sum(0)
-            if entry.gram is not None:
-                entry.gram += flat.T @ flat
+            entry.gram += flat.T @ flat
         return hook
 
     handles = [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in names]
@@ -98,7 +93,7 @@ def compensate_linear(linear: nn.Linear, keep: torch.Tensor, stats: ChannelStats
     if keep.numel() != linear.in_features:
         raise ValueError(f"keep has {keep.numel()} entries, the linear {linear.in_features} inputs")
     if stats.gram is None:
-        raise ValueError("least-squares compensation needs the inputs' second moments (gram=True)")
+        raise ValueError("least-squares compensation needs the inputs' second moments")
     if bool(keep.all()) or stats.count == 0:
         return
     weight = linear.weight.double()

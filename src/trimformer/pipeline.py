@@ -27,7 +27,7 @@ from trimformer.distill import compute_teacher_logits, load_teacher_logits, save
 from trimformer.io import load_pruned, save_pruned
 from trimformer.masks import load_masks, remove_masks, save_masks
 from trimformer.movement import MovementEngine
-from trimformer.plan import value_rule_masks
+from trimformer.plan import plan_from_masks, value_rule_masks
 from trimformer.pruners import Pruner
 from trimformer.recipe import Distil, Ffn, Recipe
 from trimformer.schedule import ffn_layer_sparsities, ffn_round_config
@@ -150,8 +150,8 @@ class Run:
         record = {"stage": stage, "seconds": time.perf_counter() - start, "metrics": metrics, **extra}
         dist.on_main(lambda: write_json(self.stage_dir(stage) / "done.json", record))
         # Resume state is dead weight once the stage is recorded (a MiniLM run kept ~1 GB of it).
-        for name in ("checkpoint", "recover_checkpoint", "round_model"):
-            dist.on_main(lambda name=name: shutil.rmtree(self.stage_dir(stage) / name, ignore_errors=True))
+        dist.on_main(lambda: [shutil.rmtree(self.stage_dir(stage) / name, ignore_errors=True)
+                              for name in ("checkpoint", "recover_checkpoint", "round_model")])
         log.info("stage %s done: %s", stage, metrics)
 
     # -- stages ---------------------------------------------------------------------------------
@@ -254,9 +254,12 @@ class Run:
 
     def compensate_ffn(self, model: nn.Module, masks: dict, section: Ffn, seed: int) -> None:
         """Re-fit each cut layer's second FFN linear for the channels about to go (compensate.py)."""
-        consumers = {layer.ffn_in: layer.ffn_out for layer in model_structure(model).layers}
-        keeps = {consumers[name]: mask["weight"].reshape(mask["weight"].shape[0], -1).any(dim=1)
-                 for name, mask in masks.items() if name in consumers}
+        keeps = {}  # the channels `shrink` keeps (its plan), per second FFN linear of a masked layer
+        for layer, kept in zip(model_structure(model).layers, plan_from_masks(model, masks).layers, strict=True):
+            if layer.ffn_in in masks:
+                keep = torch.zeros(model.get_submodule(layer.ffn_out).in_features, dtype=torch.bool)
+                keep[list(kept.ffn_kept)] = True
+                keeps[layer.ffn_out] = keep
         batches = sample_batches(self.data.train, section.compensate_rows, self.recipe.eval_batch_size,
                                  self.data.collate, seed)
         tokens = compensate_cut(model, keeps, batches, self.device, section.compensate_ridge)
@@ -300,9 +303,7 @@ class Run:
             log.info("ffn round %d/%d: widths %s", r + 1, section.rounds,
                      [model.get_submodule(n).out_features for n in targets])
         recover, extra = total - per_round * section.rounds, {}
-        if (folder / "model").is_dir():  # recovered and calibrated before a crash, only not recorded
-            model = load_pruned(folder / "model", self.device)
-        else:
+        if not finished:  # else recovered and calibrated before a crash, only not recorded: loaded above
             if section.recover > 0 and recover > 0:
                 # Train at the final width for the steps kept back, the learning rate decaying to zero.
                 recover_lr = section.recover_lr or section.lr / section.rounds
