@@ -31,9 +31,11 @@ Methods:
                model in the attention, distil and FFN stages (the teacher runs at every step)
   calibrated - trimformer's with the FFN recovery quarter trained from the full learning rate and
                the classifier's bias shifted to the teacher's class rates on 8,192 training rows
-  taylor     - calibrated's with heads ranked by accumulated first-order Taylor importance (what
-               `--recipe trimformer` runs); taylor_uncal without the bias calibration; taylor_heads2
-               and taylor_alpha5 with `target.head_ratio=2` or the task loss weighted 0.5 (see below)
+  taylor     - calibrated's with heads ranked by accumulated first-order Taylor importance;
+               taylor_uncal without the bias calibration; taylor_heads2 and taylor_alpha5 with
+               `target.head_ratio=2` or the task loss weighted 0.5 (see below)
+  taylor_reg - taylor's with a regression task (STS-B) trained on its labels alone wherever the
+               others distil (what `--recipe trimformer` runs)
 
     python bench/frontier.py --tasks stsb --methods tutorial --scales 1 3 --stop-after heads
 looks at the heads a few regular_scale values keep without finishing the runs (a finished run
@@ -91,6 +93,8 @@ TRIMFORMER = [*LAYERWISE, "attention.allocation=global", "ffn.allocation=global"
 # channels (`target.head_ratio=2`; same FLOPs: x3 keeps 6 heads and 323 channels per layer, not 4 and 473);
 # `taylor_alpha5`: taylor's with the distil and FFN stages weighting the task loss 0.5 (KD 0.5), not 0.1.
 # These two were measured on the CPU only (bench/results/split-cpu), not yet on all five tasks.
+# `taylor_reg`: taylor's with a regression task (STS-B) trained on its labels alone in every stage
+# that distils (`distill_regression=false`; the classification tasks run exactly as `taylor`).
 # (`ffn.compensate=lstsq`, a least-squares re-fit before each FFN cut, lost 9 points on STS-B in CPU
 # pairs, bench/results/compensate-cpu, so it is not a method here.)
 RECOVER_FULL_LR = "ffn.recover_lr=3e-5"
@@ -101,7 +105,8 @@ TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": []
                   "calibrated": CALIBRATED, "taylor": [*CALIBRATED, "attention.score=taylor"],
                   "taylor_uncal": [*TRIMFORMER, RECOVER_FULL_LR, "attention.score=taylor"],
                   "taylor_heads2": [*CALIBRATED, "attention.score=taylor", "target.head_ratio=2"],
-                  "taylor_alpha5": [*CALIBRATED, "attention.score=taylor", "distil.alpha=0.5", "ffn.alpha=0.5"]}
+                  "taylor_alpha5": [*CALIBRATED, "attention.score=taylor", "distil.alpha=0.5", "ffn.alpha=0.5"],
+                  "taylor_reg": [*CALIBRATED, "attention.score=taylor", "distill_regression=false"]}
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "

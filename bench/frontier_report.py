@@ -28,6 +28,8 @@ def remeasure(results: Path, work: Path, repeats: int) -> None:
 
     for path in sorted(results.glob("*-*-*.json")):
         row = json.loads(path.read_text())
+        if "method" not in row:  # a branch row
+            continue
         value = next(iter(row["sweep"].values()))
         out = work / row["task"] / f"{row['method']}-{value:g}"
         if not (out / "model" / "config.json").is_file():
@@ -104,7 +106,8 @@ def comparison_lines(rows: list[dict]) -> list[str]:
 
 def write_summary(results: Path, protocol: str) -> None:
     """Combined table (Markdown) and plot (PNG) over every result JSON."""
-    rows = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+    # Frontier points only: a branch row (bench/branch.py) kept in the same folder has no `method`.
+    rows = [row for p in sorted(results.glob("*.json")) if "method" in (row := json.loads(p.read_text()))]
     if not rows:  # e.g. a sweep stopped after the fine-tunes: nothing to summarise yet
         return
     lines = ["| task | method | sweep | dense | pruned | drop (points) | speedup | FLOPs ratio | sparsity |",

@@ -48,3 +48,21 @@ TINY_OVERRIDES = [
     "finetune.max_steps=6", "attention.max_steps=8", "distil.max_steps=4", "ffn.max_steps=12", "ffn.rounds=3",
     "final_distil.max_steps=4", "bench.repeats=2", "bench.batch_size=2", "bench.seq_len=16", "checkpoint_every=2",
 ]
+
+
+def write_stsb(glue_dir: Path, train_rows: int = 48, dev_rows: int = 16, seed: int = 0) -> Path:
+    """STS-B files in the original layout: a score from 0 to 5 that grows with the shared words."""
+    rng = random.Random(seed)
+    folder = glue_dir / "STS-B"
+    folder.mkdir(parents=True, exist_ok=True)
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    for split, rows in (("train", train_rows), ("dev", dev_rows)):
+        lines = [header]
+        for i in range(rows):
+            first = rng.sample(FILLER, 5)
+            shared = rng.randint(0, 5)
+            second = first[:shared] + rng.sample(POSITIVE, 5 - shared)
+            lines.append(f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{' '.join(first)}\t"
+                         f"{' '.join(second)}\t{shared:.3f}")
+        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return glue_dir

@@ -46,12 +46,16 @@ def test_summary_writes_table_and_plot(tmp_path):
         data = {**row, "task": task, "method": method, "sweep": sweep, "speedup": speedup, "drop": drop,
                 "pruned_metric": 0.9 - drop / 100}
         (tmp_path / f"{i}.json").write_text(json.dumps(data))
+    # A branch row (bench/branch.py) beside the points is not a point: no method, not in the table.
+    (tmp_path / "sst2-trimformer-2+alt.json").write_text(json.dumps({**row, "task": "sst2", "point": "trimformer-2",
+                                                                      "branch": "alt", "drop": 9.0}))
     frontier.write_summary(tmp_path, "Protocol.")
     text = (tmp_path / "frontier.md").read_text()
     assert "Protocol. Trained on: GPU X." in text
     assert "| sst2 | tutorial | regular_scale=5 | 0.9000 | 0.5000 | +40.00 | 30.00x |" in text
     assert "| trimformer | x2 | sst2 | 2.00x | +1.00 | n/a | n/a |" in text  # faster than none, better than all
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
+    assert "+9.00" not in text
 
 
 def test_summary_of_no_points_writes_nothing(tmp_path):

@@ -209,3 +209,29 @@ def test_target_head_ratio_re_splits_a_saved_latency_choice(tmp_path):
     assert heads > 2 and widths[3] == [heads, heads]  # re-split on the saved line: more heads
     log_text = (tmp_path / "out3" / "run.log").read_text()
     assert f"{heads} heads and {ffn} FFN channels per layer (head ratio 3" in log_text
+
+
+def test_regression_trains_on_labels_when_distill_regression_is_off(tmp_path):
+    """`distill_regression=false` on STS-B is exactly the stages with KD switched off by hand (attention
+    without distillation, distil and FFN at alpha 1), and differs from distilling."""
+    from safetensors.torch import load_file
+
+    from tests.pipeline_fixtures import write_stsb
+
+    glue_dir = write_stsb(tmp_path / "glue")
+    model_dir = write_tiny_model(tmp_path / "tiny")
+
+    def distil_weights(name: str, *overrides: str) -> dict:
+        out = tmp_path / name
+        assert main(["run", "--model", str(model_dir), "--task", "stsb", "--glue-dir", str(glue_dir), "--recipe",
+                     "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "attention.distill=true", *overrides,
+                     "--stop-after", "distil"]) == 0
+        return out, load_file(out / "stages" / "distil" / "model" / "model.safetensors")
+
+    out, switched = distil_weights("switch", "distill_regression=false")
+    assert "the distilling stages train on the labels alone" in (out / "run.log").read_text()
+    _, by_hand = distil_weights("by_hand", "attention.distill=false", "distil.alpha=1")
+    _, distilled = distil_weights("kd")
+    assert switched.keys() == by_hand.keys() == distilled.keys()
+    assert all(torch.equal(switched[k], by_hand[k]) for k in switched)
+    assert not all(torch.equal(switched[k], distilled[k]) for k in switched)

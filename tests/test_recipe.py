@@ -44,7 +44,7 @@ def test_trimformer_recipe_is_the_frontier_method():
     """`--recipe trimformer` must stay what the frontier measured: the default plus the method's switches."""
     frontier = load_bench("frontier")
     shipped = load_recipe("trimformer").model_dump()
-    measured = load_recipe("default", frontier.TARGET_METHODS["taylor"]).model_dump()
+    measured = load_recipe("default", frontier.TARGET_METHODS["taylor_reg"]).model_dump()
     assert {**shipped, "name": "default"} == measured
 
 

@@ -115,6 +115,7 @@ class Run:
 
     def settings(self, section, distill: bool = False, seed_offset: int = 0, **extra) -> TrainSettings:
         r = self.recipe
+        distill = distill and (r.distill_regression or not self.task.is_regression)
         # Distil and FFN sections carry the KD mix; the others use the tutorial's (0.1, T=2) if distilling.
         return TrainSettings(epochs=section.epochs, max_steps=section.max_steps, batch_size=r.train_batch_size,
                              lr=section.lr, warmup_ratio=section.warmup_ratio, distill=distill,
@@ -161,8 +162,11 @@ class Run:
         start = time.perf_counter()
         torch.manual_seed(self.recipe.seed)
         # float32 master weights whatever the checkpoint's dtype (bf16 is an autocast choice, not storage).
+        # A head made for another label count (an SST-2 model fine-tuned on STS-B) is re-initialised, as
+        # transformers' run_glue does: this stage trains the head for the task anyway.
         model = AutoModelForSequenceClassification.from_pretrained(
-            self.options.model, num_labels=self.task.num_labels, dtype=torch.float32).to(self.device)
+            self.options.model, num_labels=self.task.num_labels, dtype=torch.float32,
+            ignore_mismatched_sizes=True).to(self.device)
         result = fit(model, self.task, self.data.train, self.data.collate,
                      self.settings(self.recipe.finetune, keep_best=True), evaluate_fn=self.evaluate,
                      main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir("finetune") / "checkpoint",
@@ -348,6 +352,8 @@ class Run:
 
     def run_stages(self, stop_after: str | None = None) -> None:
         """Run every unfinished stage in order (up to and including `stop_after`)."""
+        if self.task.is_regression and not self.recipe.distill_regression:
+            log.info("regression task: the distilling stages train on the labels alone (distill_regression: false)")
         for stage in STAGES:
             if stage == "attention" and self.options.target_speedup is not None:
                 self.apply_target()

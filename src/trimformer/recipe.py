@@ -146,6 +146,10 @@ class Recipe(_Strict):
     max_eval_samples: int | None = Field(None, ge=1)
     seed: int = 1024
     checkpoint_every: int = Field(100, ge=1)
+    # false: a regression task (one output, STS-B) trains on its labels alone in every stage that
+    # would distil. KD on a score is the MSE to the teacher's score: no class similarities to pass on,
+    # only the fine-tune's errors (bench/results/regression-cpu). Classification is unaffected.
+    distill_regression: bool = True
     finetune: Finetune = Finetune()
     attention: Attention = Attention()
     heads: Heads = Heads()
