@@ -49,6 +49,19 @@ def branch_row(args: argparse.Namespace, source: Path, out: Path, seconds: float
     return row
 
 
+def prepare(source: Path, out: Path, after: str, override: list[str]) -> None:
+    """Make the branch folder, or keep it to resume a crashed run, but only if this very branch made
+    it: an older branch of the same name with other settings would otherwise be passed off as this
+    one, its later stages skipped as done."""
+    made_by = {"source": str(source), "after": after, "override": override}
+    record = out / "branch.json"
+    if (record.is_file() and json.loads(record.read_text()) == made_by
+            and (out / "stages" / after / "done.json").is_file()):
+        return
+    branch_dir(source, out, after)
+    record.write_text(json.dumps(made_by))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True)
@@ -69,8 +82,7 @@ def main() -> None:
     result = Path(args.results) / f"{args.task}-{args.point}+{args.name}.json"
     if result.is_file():
         return
-    if not (out / "stages" / args.after / "done.json").is_file():
-        branch_dir(source, out, args.after)
+    prepare(source, out, args.after, args.override)
     flags, overrides = method_overrides(method, float(value))
     cmd = [*base_cmd(args.task, Harness(args.glue_dir, work), out), "--resume", *flags, *overrides, *args.override,
            *(["--stop-after", args.stop_after] if args.stop_after else [])]

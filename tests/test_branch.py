@@ -77,3 +77,18 @@ def test_a_calibrated_point_starts_from_the_trimformer_point_after_its_distil_st
     # a tutorial point never borrows another method's stages
     assert sorted(p.name for p in (frontier.start_point("cola", "tutorial", 3.0, work, shared) / "stages").iterdir()) \
         == ["finetune"]
+
+
+def test_a_branch_folder_resumes_only_for_the_same_branch(tmp_path):
+    source = fake_point(tmp_path / "taylor-3")
+    out = tmp_path / "taylor-3+x"
+    branch.prepare(source, out, "finetune", ["attention.allocation=layer"])
+    (out / "stages" / "attention").mkdir()
+    (out / "stages" / "attention" / "done.json").write_text("{}")  # the branch's own run got this far
+    branch.prepare(source, out, "finetune", ["attention.allocation=layer"])
+    assert (out / "stages" / "attention" / "done.json").is_file()  # resumed
+    branch.prepare(source, out, "finetune", ["attention.allocation=global_norm"])
+    assert not (out / "stages" / "attention").exists()  # another branch of that name: made afresh
+    legacy = fake_point(tmp_path / "taylor-3+old")  # a folder from before the record: made afresh
+    branch.prepare(source, legacy, "finetune", [])
+    assert not (legacy / "stages" / "attention").exists()
