@@ -18,6 +18,13 @@ def is_target_point(row: dict) -> bool:
     return "target_speedup" in row["sweep"]
 
 
+def point_rows(results: Path) -> list[tuple[Path, dict]]:
+    """Every frontier point's JSON in `results`, with its path. A branch row (bench/branch.py) kept in
+    the same folder has no `method` and is not a point."""
+    rows = [(path, json.loads(path.read_text())) for path in sorted(results.glob("*.json"))]
+    return [(path, row) for path, row in rows if "method" in row]
+
+
 def remeasure(results: Path, work: Path, repeats: int) -> None:
     """Time every finished point again on a quiet machine (dense and pruned interleaved in one process)
     and store it as `speedup`; the figure taken at the end of the run stays as `speedup_at_run`. Only
@@ -26,10 +33,7 @@ def remeasure(results: Path, work: Path, repeats: int) -> None:
     from trimformer.bench import compare_latency
     from trimformer.io import build_architecture
 
-    for path in sorted(results.glob("*-*-*.json")):
-        row = json.loads(path.read_text())
-        if "method" not in row:  # a branch row
-            continue
+    for path, row in point_rows(results):
         value = next(iter(row["sweep"].values()))
         out = work / row["task"] / f"{row['method']}-{value:g}"
         if not (out / "model" / "config.json").is_file():
@@ -106,8 +110,7 @@ def comparison_lines(rows: list[dict]) -> list[str]:
 
 def write_summary(results: Path, protocol: str) -> None:
     """Combined table (Markdown) and plot (PNG) over every result JSON."""
-    # Frontier points only: a branch row (bench/branch.py) kept in the same folder has no `method`.
-    rows = [row for p in sorted(results.glob("*.json")) if "method" in (row := json.loads(p.read_text()))]
+    rows = [row for _, row in point_rows(results)]
     if not rows:  # e.g. a sweep stopped after the fine-tunes: nothing to summarise yet
         return
     lines = ["| task | method | sweep | dense | pruned | drop (points) | speedup | FLOPs ratio | sparsity |",
