@@ -215,13 +215,13 @@ def test_value_rule_removes_a_head_whose_value_rows_are_masked():
     assert list(plan.layers[0].heads_kept) == [0, 2, 3] and list(plan.layers[1].heads_kept) == [0, 1, 2, 3]
 
 
-def _hard_taylor_engine(model, warm_up: int = 2, cool_down: int = 6):
+def _hard_taylor_engine(model, warm_up: int = 2, cool_down: int = 6, taylor_decay: float = 1.0):
     from trimformer.movement import MovementEngine
 
     names = [n for layer in model_structure(model).layers for n in layer.attention_linears]
     return MovementEngine(model, [{"op_names": names, "sparsity": 0.25}], warm_up_step=warm_up,
                           cool_down_beginning_step=cool_down, movement_mode="hard", granularity="auto",
-                          head_units=True, score="taylor")
+                          head_units=True, score="taylor", taylor_decay=taylor_decay)
 
 
 def test_taylor_head_scores_add_the_absolute_block_gradient_each_step():
@@ -238,6 +238,32 @@ def test_taylor_head_scores_add_the_absolute_block_gradient_each_step():
         assert torch.allclose(p.scores.detach(), expected[n], atol=1e-7)
         assert p.scores.grad is None  # consumed, so the next step does not count it twice
     assert any(float(e.sum()) > 0 for e in expected.values())
+
+
+def test_taylor_decay_is_an_exponential_moving_sum():
+    model = tiny_bert(LAYERS).train()
+    engine = _hard_taylor_engine(model, taylor_decay=0.5)
+    expected = {n: torch.zeros_like(p.scores) for n, p in engine.params.items()}
+    plain_sum = {n: torch.zeros_like(p.scores) for n, p in engine.params.items()}
+
+    def decay_then_add():
+        for n, p in engine.params.items():
+            expected[n] = 0.5 * expected[n] + p.scores.grad.abs()
+            plain_sum[n] += p.scores.grad.abs()
+
+    train_with_engine(model, engine, make_batches(4), lr=1e-3, after_backward=decay_then_add)
+    for n, p in engine.params.items():
+        assert torch.allclose(p.scores.detach(), expected[n], atol=1e-7)
+    assert not all(torch.allclose(expected[n], plain_sum[n]) for n in expected)  # the decay did something
+
+
+def test_taylor_decay_needs_taylor_scores():
+    from trimformer.config import ConfigError
+    from trimformer.recipe import load_recipe
+
+    with pytest.raises(ConfigError, match="taylor_decay"):
+        load_recipe("default", ["attention.mode=hard", "attention.taylor_decay=0.9"])
+    assert load_recipe("trimformer", ["attention.taylor_decay=0.9"]).attention.taylor_decay == 0.9
 
 
 def test_taylor_prunes_the_head_that_does_nothing():

@@ -31,21 +31,26 @@ class MovementEngine:
     Taylor importance instead: each step adds |sum over the block of w * dL/dw| (the loss's
     first-order sensitivity to scaling that block), so a block matters whether its weights would
     move in or out; with whole-head units a head's score is the sum of its four blocks' (q, k and v
-    rows, output columns), ranked raw across layers under global allocation. `score_lr` and
+    rows, output columns), ranked raw across layers under global allocation. `taylor_decay` < 1
+    multiplies the sums by it before each step's add (an exponential moving sum). `score_lr` and
     `score_optimizer` are then unused. Movement is a signed sum that needs many steps away from a
     converged fine-tune to mean anything; a one-epoch stage on a few thousand rows has ~100."""
 
     def __init__(self, model: nn.Module, config_list: list, warm_up_step: int, cool_down_beginning_step: int,
                  regular_scale: float = 1.0, movement_mode: str = "hard", granularity: GranularitySpec = "finegrained",
                  score_lr: float = 1.0, head_units: bool = False, score_optimizer: str = "sgd",
-                 threshold: float = 0.0, head_allocation: str = "layer", score: str = "movement"):
+                 threshold: float = 0.0, head_allocation: str = "layer", score: str = "movement",
+                 taylor_decay: float = 1.0):
         if movement_mode not in ("hard", "soft"):
             raise ValueError(f"movement_mode must be 'hard' or 'soft', got {movement_mode!r}")
         if score_optimizer not in ("sgd", "adam"):
             raise ValueError(f"score_optimizer must be 'sgd' or 'adam', got {score_optimizer!r}")
         if score not in ("movement", "taylor") or (score == "taylor" and movement_mode != "hard"):
             raise ValueError(f"score must be 'movement', or 'taylor' with hard mode; got {score!r} in {movement_mode}")
+        if not 0.0 < taylor_decay <= 1.0:
+            raise ValueError(f"taylor_decay must be in (0, 1], got {taylor_decay}")
         self.score = score
+        self.taylor_decay = float(taylor_decay)
         self.threshold = float(threshold)
         self.pruner = Pruner(model, config_list, importance=self._scores, granularity=granularity,
                              head_units=head_units, head_allocation=head_allocation)
@@ -91,7 +96,9 @@ class MovementEngine:
             with torch.no_grad():
                 for param in self.params.values():
                     if param.scores.grad is not None:
-                        param.scores.add_(param.scores.grad.abs())
+                        # decay < 1: an exponential moving sum, so the ranking follows the model as
+                        # heads go (re-estimated importance) rather than the dense model's early steps.
+                        param.scores.mul_(self.taylor_decay).add_(param.scores.grad.abs())
                         param.scores.grad = None
         else:
             self.optimizer.step()

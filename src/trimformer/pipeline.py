@@ -192,7 +192,7 @@ class Run:
                                 granularity=section.granularity, score_lr=section.score_lr,
                                 head_units=section.mode == "hard", score_optimizer=section.score_optimizer,
                                 threshold=section.threshold, head_allocation=section.allocation,
-                                score=section.score)
+                                score=section.score, taylor_decay=section.taylor_decay)
         if section.mode == "hard":
             log.info("attention: %s heads ranked by %s scores", section.allocation, engine.score)
         train_set = self.teacher_set() if section.distill else self.data.train

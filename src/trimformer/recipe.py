@@ -57,6 +57,9 @@ class Attention(StageTrain):
     # |sum of w * dL/dw| per block added every step, a head's four blocks summed (movement.py).
     # score_lr and score_optimizer train movement scores only.
     score: Literal["movement", "taylor"] = "movement"
+    # Taylor scores: each step multiplies the sums by this before adding (1: a plain sum over the
+    # stage; below 1 the ranking follows the model as heads go, over about 1 / (1 - decay) steps).
+    taylor_decay: float = Field(1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _taylor_is_hard(self) -> Attention:
@@ -64,6 +67,8 @@ class Attention(StageTrain):
             raise ValueError("score 'taylor' ranks heads for hard mode; set attention.mode=hard")
         if self.score == "taylor" and (self.score_optimizer != "sgd" or self.score_lr != 1.0):
             raise ValueError("score 'taylor' sums importance and trains no scores; drop score_optimizer and score_lr")
+        if self.taylor_decay != 1.0 and self.score != "taylor":
+            raise ValueError("taylor_decay shapes Taylor scores; set attention.score=taylor")
         return self
 
 
