@@ -35,7 +35,9 @@ Methods:
                taylor_uncal without the bias calibration; taylor_heads2 and taylor_alpha5 with
                `target.head_ratio=2` or the task loss weighted 0.5 (see below)
   taylor_reg - taylor's with a regression task (STS-B) trained on its labels alone wherever the
-               others distil (what `--recipe trimformer` runs)
+               others distil
+  taylor_dec - taylor_reg's with the Taylor head scores an exponential moving sum (decay 0.97 a step),
+               so the ranking follows the model as heads go (what `--recipe trimformer` runs)
 
     python bench/frontier.py --tasks stsb --methods tutorial --scales 1 3 --stop-after heads
 looks at the heads a few regular_scale values keep without finishing the runs (a finished run
@@ -97,6 +99,9 @@ TRIMFORMER = [*LAYERWISE, "attention.allocation=global", "ffn.allocation=global"
 # that distils (`distill_regression=false`; the classification tasks run exactly as `taylor`).
 # `taylor_layer`: taylor_reg's with the same number of heads in every layer (not one ranking across
 # layers); on CoLA (bench/results/alloc-cpu) ahead on two seeds at x3, not at x5.
+# `taylor_dec`: taylor_reg's with `attention.taylor_decay=0.97` (bench/results/combo-cpu): the head
+# scores forget the dense model's early steps over ~33 steps, so the last heads are chosen by what
+# matters once most others are gone.
 # (`ffn.compensate=lstsq`, a least-squares re-fit before each FFN cut, lost 9 points on STS-B in CPU
 # pairs, bench/results/compensate-cpu, so it is not a method here.)
 RECOVER_FULL_LR = "ffn.recover_lr=3e-5"
@@ -110,7 +115,9 @@ TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": []
                   "taylor_alpha5": [*CALIBRATED, "attention.score=taylor", "distil.alpha=0.5", "ffn.alpha=0.5"],
                   "taylor_reg": [*CALIBRATED, "attention.score=taylor", "distill_regression=false"],
                   "taylor_layer": [*CALIBRATED, "attention.score=taylor", "distill_regression=false",
-                                   "attention.allocation=layer"]}
+                                   "attention.allocation=layer"],
+                  "taylor_dec": [*CALIBRATED, "attention.score=taylor", "distill_regression=false",
+                                 "attention.taylor_decay=0.97"]}
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "

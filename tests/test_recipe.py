@@ -44,8 +44,17 @@ def test_trimformer_recipe_is_the_frontier_method():
     """`--recipe trimformer` must stay what the frontier measured: the default plus the method's switches."""
     frontier = load_bench("frontier")
     shipped = load_recipe("trimformer").model_dump()
-    measured = load_recipe("default", frontier.TARGET_METHODS["taylor_reg"]).model_dump()
+    measured = load_recipe("default", frontier.TARGET_METHODS["taylor_dec"]).model_dump()
     assert {**shipped, "name": "default"} == measured
+
+
+def test_every_frontier_method_is_a_valid_recipe():
+    """A typo in a method's switches would otherwise surface only on the GPU machine, mid-run."""
+    frontier = load_bench("frontier")
+    for name, overrides in frontier.TARGET_METHODS.items():
+        recipe = load_recipe("default", overrides)
+        assert recipe.attention.mode == "hard" or name == "target", name
+    assert load_recipe("default", frontier.TARGET_METHODS["taylor_dec"]).attention.taylor_decay == 0.97
 
 
 def test_recipe_file(tmp_path):

@@ -194,7 +194,8 @@ class Run:
                                 threshold=section.threshold, head_allocation=section.allocation,
                                 score=section.score, taylor_decay=section.taylor_decay)
         if section.mode == "hard":
-            log.info("attention: %s heads ranked by %s scores", section.allocation, engine.score)
+            decay = f" (moving sums, decay {engine.taylor_decay:g} a step)" if engine.taylor_decay < 1 else ""
+            log.info("attention: %s heads ranked by %s scores%s", section.allocation, engine.score, decay)
         train_set = self.teacher_set() if section.distill else self.data.train
         result = fit(model, self.task, train_set, self.data.collate, settings, evaluate_fn=self.evaluate,
                      main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir("attention") / "checkpoint",
