@@ -106,18 +106,18 @@ TRIMFORMER = [*LAYERWISE, "attention.allocation=global", "ffn.allocation=global"
 # pairs, bench/results/compensate-cpu, so it is not a method here.)
 RECOVER_FULL_LR = "ffn.recover_lr=3e-5"
 CALIBRATED = [*TRIMFORMER, RECOVER_FULL_LR, "ffn.calibrate_rows=8192"]
+TAYLOR = [*CALIBRATED, "attention.score=taylor"]
+TAYLOR_REG = [*TAYLOR, "distill_regression=false"]
 TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": [],
                   "hidden": [*TRIMFORMER, "attention.hidden_distill=1", "distil.hidden_distill=1",
                              "ffn.hidden_distill=1"],
-                  "calibrated": CALIBRATED, "taylor": [*CALIBRATED, "attention.score=taylor"],
+                  "calibrated": CALIBRATED, "taylor": TAYLOR,
                   "taylor_uncal": [*TRIMFORMER, RECOVER_FULL_LR, "attention.score=taylor"],
-                  "taylor_heads2": [*CALIBRATED, "attention.score=taylor", "target.head_ratio=2"],
-                  "taylor_alpha5": [*CALIBRATED, "attention.score=taylor", "distil.alpha=0.5", "ffn.alpha=0.5"],
-                  "taylor_reg": [*CALIBRATED, "attention.score=taylor", "distill_regression=false"],
-                  "taylor_layer": [*CALIBRATED, "attention.score=taylor", "distill_regression=false",
-                                   "attention.allocation=layer"],
-                  "taylor_dec": [*CALIBRATED, "attention.score=taylor", "distill_regression=false",
-                                 "attention.taylor_decay=0.97"]}
+                  "taylor_heads2": [*TAYLOR, "target.head_ratio=2"],
+                  "taylor_alpha5": [*TAYLOR, "distil.alpha=0.5", "ffn.alpha=0.5"],
+                  "taylor_reg": TAYLOR_REG,
+                  "taylor_layer": [*TAYLOR_REG, "attention.allocation=layer"],
+                  "taylor_dec": [*TAYLOR_REG, "attention.taylor_decay=0.97"]}
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "

@@ -30,7 +30,7 @@ def main() -> None:
     model = AutoModelForSequenceClassification.from_pretrained(folder).train()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     st = model_structure(model)
-    examples = load_split(task, "train", "../shared/glue")
+    examples = load_split(task, "train")  # --glue-dir default: $GLUE_DIR, else ../shared/glue
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(0))[: batches * 32].tolist()
     features, collate = encode(tokenizer, task, [examples[i] for i in order]), make_collator(tokenizer)
     n_layers, n_heads, ffn_width = len(st.layers), st.num_heads, st.intermediate_size

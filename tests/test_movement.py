@@ -257,15 +257,6 @@ def test_taylor_decay_is_an_exponential_moving_sum():
     assert not all(torch.allclose(expected[n], plain_sum[n]) for n in expected)  # the decay did something
 
 
-def test_taylor_decay_needs_taylor_scores():
-    from trimformer.config import ConfigError
-    from trimformer.recipe import load_recipe
-
-    with pytest.raises(ConfigError, match="taylor_decay"):
-        load_recipe("default", ["attention.mode=hard", "attention.taylor_decay=0.9"])
-    assert load_recipe("trimformer", ["attention.taylor_decay=0.9"]).attention.taylor_decay == 0.9
-
-
 def test_taylor_prunes_the_head_that_does_nothing():
     model = tiny_bert(LAYERS).train()  # 4 heads of 8 per layer
     layer = model_structure(model).layers[0]

@@ -34,6 +34,7 @@ def test_overrides_are_typed_and_nested():
     (["attention.mode=soft", "attention.score=taylor"], "score 'taylor' ranks heads for hard mode"),
     (["attention.mode=hard", "attention.score=taylor", "attention.score_optimizer=adam"], "trains no scores"),
     (["attention.score=fisher"], "attention.score"),
+    (["attention.mode=hard", "attention.taylor_decay=0.9"], "taylor_decay"),
 ])
 def test_bad_overrides(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
@@ -55,6 +56,7 @@ def test_every_frontier_method_is_a_valid_recipe():
         recipe = load_recipe("default", overrides)
         assert recipe.attention.mode == "hard" or name == "target", name
     assert load_recipe("default", frontier.TARGET_METHODS["taylor_dec"]).attention.taylor_decay == 0.97
+    assert load_recipe("trimformer", ["attention.taylor_decay=0.9"]).attention.taylor_decay == 0.9
 
 
 def test_recipe_file(tmp_path):
