@@ -144,6 +144,17 @@ def test_taylor_head_scores_through_the_recipe(tmp_path):
     assert sum(heads) == 4 and min(heads) >= 1
 
 
+def test_channel_taylor_ffn_scores_through_the_recipe(tmp_path):
+    from trimformer.bench import layer_widths
+    from trimformer.io import load_pruned
+
+    out = tiny_run_to_ffn(tmp_path, "ffn.score=channel", "ffn.rule=fixed", "ffn.allocation=global")
+    assert "ffn: channels ranked by |sum of w * dL/dw| over each second-linear column" in (out / "run.log").read_text()
+    _, widths = layer_widths(load_pruned(out / "stages" / "ffn" / "model"))
+    # the smoke recipe's sparsity 0.5 of 2 x 64 channels in 3 rounds (each rounded), ranked across layers
+    assert abs(sum(widths) - 64) <= 2 and widths[0] != widths[1]
+
+
 def test_hidden_state_distillation_in_every_pruning_stage(tmp_path):
     out = tiny_run_to_ffn(tmp_path, "attention.hidden_distill=1", "distil.hidden_distill=1", "ffn.hidden_distill=1",
                           "ffn.recover=0.25")

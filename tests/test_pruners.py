@@ -220,3 +220,32 @@ def test_global_head_allocation_in_the_pruner_keeps_the_total():
     masks = pruner.compute_masks(1.0)
     kept = [int(masks[layer.query]["weight"][:, 0].sum()) // st.head_dim for layer in st.layers]
     assert sum(kept) == 6 and kept[2] < 4 and min(kept) >= 1
+
+
+def test_channel_taylor_is_the_loss_change_of_removing_each_ffn_channel():
+    from trimformer.scoring import ChannelTaylorImportance
+
+    model = tiny_bert()
+    name, out_name = "bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.0.output.dense"
+    scorer = ChannelTaylorImportance.for_ffn(model, [name])
+    assert list(scorer.outputs) == [name]
+    activations = []
+    model.get_submodule(out_name).register_forward_hook(lambda m, args, out: activations.append(args[0]) or
+                                                        args[0].retain_grad())
+    expected = torch.zeros(64)
+    for seed in (0, 1):  # two steps: the per-step |sums| add up
+        model.zero_grad()
+        batch = tiny_batch(seed=seed)
+        model(**batch, labels=torch.tensor([0, 1, 1])).loss.backward()
+        scorer.accumulate()
+        a = activations[-1]
+        expected += (a * a.grad).sum((0, 1)).abs()  # |sum over tokens of a * dL/da| per channel
+    assert scorer.steps == 2
+    target = next(t for t in Pruner(model, [{"op_names": [name], "sparsity": 0.5}]).targets)
+    per_row = scorer(target)
+    assert per_row.shape == model.get_submodule(name).weight.shape
+    torch.testing.assert_close(per_row.sum(1), expected, rtol=1e-4, atol=1e-7)
+    # The pruner keeps the channels with the largest first-order loss change, whatever their weights.
+    pruner = Pruner(model, [{"op_names": [name], "sparsity": 0.5}], importance=scorer, granularity="out_channel")
+    kept = (pruner.compute_masks()[name]["weight"].sum(1) > 0).nonzero().flatten()
+    assert set(kept.tolist()) == set(torch.argsort(expected, descending=True)[:32].tolist())

@@ -35,6 +35,7 @@ def test_overrides_are_typed_and_nested():
     (["attention.mode=hard", "attention.score=taylor", "attention.score_optimizer=adam"], "trains no scores"),
     (["attention.score=fisher"], "attention.score"),
     (["attention.mode=hard", "attention.taylor_decay=0.9"], "taylor_decay"),
+    (["ffn.score=weights"], "ffn.score"),
 ])
 def test_bad_overrides(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):

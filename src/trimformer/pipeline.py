@@ -31,6 +31,7 @@ from trimformer.plan import plan_from_masks, value_rule_masks
 from trimformer.pruners import Pruner
 from trimformer.recipe import Distil, Ffn, Recipe
 from trimformer.schedule import ffn_layer_sparsities, ffn_round_config
+from trimformer.scoring import ChannelTaylorImportance
 from trimformer.shrink import shrink
 from trimformer.structure import model_structure
 from trimformer.train import TrainSettings, evaluate, fit
@@ -283,6 +284,9 @@ class Run:
         per_round = max(1, int(total * (1 - section.recover)) // section.rounds)
         targets = json.loads(progress_file.read_text())["targets"] if done_rounds else self.ffn_targets(model)
         teacher_set, teacher = self.teacher_set(), self.teacher_model(section)
+        if done_rounds < section.rounds:
+            log.info("ffn: channels ranked by %s", "|sum of w * dL/dw| over each second-linear column (channel "
+                     "Taylor)" if section.score == "channel" else "sum of |w * dL/dw| over each first-linear row")
 
         def train(steps: int, lr: float, seed: int, desc: str, **kwargs) -> None:
             fit(model, self.task, teacher_set, self.data.collate,
@@ -291,11 +295,13 @@ class Run:
 
         for r in range(done_rounds, section.rounds):
             config = ffn_round_config(targets, section.rounds, section.allocation)
-            pruner = Pruner(model, config, importance="taylor", granularity="out_channel")
+            scorer = ChannelTaylorImportance.for_ffn(model, targets) if section.score == "channel" else None
+            pruner = Pruner(model, config, importance=scorer or "taylor", granularity="out_channel")
+            accumulate = (scorer or pruner.taylor).accumulate
             gather = min(section.taylor_steps, per_round)
             lr = section.lr * (1 - r / section.rounds)
             train(gather, lr, base.seed + 7919 * (r + 1), f"ffn round {r + 1}/{section.rounds}: scores",
-                  on_optimizer=lambda opt, p=pruner: opt.register_step_pre_hook(lambda *_: p.taylor.accumulate()))
+                  on_optimizer=lambda opt, a=accumulate: opt.register_step_pre_hook(lambda *_: a()))
             masks = pruner.compute_masks(1.0)
             dist.check_identical({n: m["weight"] for n, m in masks.items()}, f"the FFN masks of round {r + 1}")
             if section.compensate != "none":

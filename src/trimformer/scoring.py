@@ -8,7 +8,7 @@ a mask parametrization passes gradients straight through to per-block scores.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from torch import nn
 from trimformer.allocate import Block, expand_blocks
 from trimformer.masks import WeightMask
 from trimformer.select import Target
+from trimformer.structure import model_structure
 
 Importance = Callable[[Target], torch.Tensor]
 
@@ -76,6 +77,50 @@ class TaylorImportance:
                 "(run the evaluator or call accumulate() after backward)"
             )
         return self.sums[target.name]
+
+
+class ChannelTaylorImportance:
+    """First-order importance of whole FFN channels (Molchanov et al. 2019): every step adds
+    |sum over the second linear's column j of w * dL/dw|, which is |sum over tokens of a_j * dL/da_j|
+    for the channel's activation a_j, the loss change to first order if channel j is removed.
+    Called on the first linear (the pruner's target), it returns that score spread evenly over the
+    channel's row, so the allocator's row sum is the channel's score."""
+
+    def __init__(self, outputs: dict[str, nn.Module]):
+        self.outputs = outputs  # first FFN linear's name -> the second FFN linear it feeds
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    @classmethod
+    def for_ffn(cls, model: nn.Module, ffn_inputs: Iterable[str]) -> ChannelTaylorImportance:
+        """Scores for the FFN layers whose first linear is named in `ffn_inputs`."""
+        wanted = set(ffn_inputs)
+        return cls({layer.ffn_in: model.get_submodule(layer.ffn_out) for layer in model_structure(model).layers
+                    if layer.ffn_in in wanted})
+
+    def accumulate(self) -> None:
+        """Add this step's per-channel |sum of w * grad| for every second linear with a gradient."""
+        with torch.no_grad():
+            for name, module in self.outputs.items():
+                param = _original_param(module)
+                if param.grad is None:
+                    continue
+                contribution = (weight_of(module) * param.grad).sum(0).abs().float()
+                if name in self.sums and self.sums[name].shape == contribution.shape:
+                    self.sums[name] += contribution
+                else:
+                    self.sums[name] = contribution.clone()
+        self.steps += 1
+
+    def __call__(self, target: Target) -> torch.Tensor:
+        if target.name not in self.sums:
+            raise RuntimeError(f"no gradients were seen for the FFN output of {target.name!r}: "
+                               "channel Taylor importance needs training steps")
+        weight = target.module.weight
+        if weight.shape[0] != self.sums[target.name].numel():
+            raise ValueError(f"{target.name!r} has {weight.shape[0]} channels, its second linear "
+                             f"{self.sums[target.name].numel()}")
+        return (self.sums[target.name] / weight.shape[1])[:, None].expand(weight.shape).to(weight.device)
 
 
 class MovementMask(WeightMask):
