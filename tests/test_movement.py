@@ -215,13 +215,14 @@ def test_value_rule_removes_a_head_whose_value_rows_are_masked():
     assert list(plan.layers[0].heads_kept) == [0, 2, 3] and list(plan.layers[1].heads_kept) == [0, 1, 2, 3]
 
 
-def _hard_taylor_engine(model, warm_up: int = 2, cool_down: int = 6, taylor_decay: float = 1.0):
+def _hard_taylor_engine(model, warm_up: int = 2, cool_down: int = 6, taylor_decay: float = 1.0,
+                        taylor_blocks: str = "all"):
     from trimformer.movement import MovementEngine
 
     names = [n for layer in model_structure(model).layers for n in layer.attention_linears]
     return MovementEngine(model, [{"op_names": names, "sparsity": 0.25}], warm_up_step=warm_up,
                           cool_down_beginning_step=cool_down, movement_mode="hard", granularity="auto",
-                          head_units=True, score="taylor", taylor_decay=taylor_decay)
+                          head_units=True, score="taylor", taylor_decay=taylor_decay, taylor_blocks=taylor_blocks)
 
 
 def test_taylor_head_scores_add_the_absolute_block_gradient_each_step():
@@ -255,6 +256,26 @@ def test_taylor_decay_is_an_exponential_moving_sum():
     for n, p in engine.params.items():
         assert torch.allclose(p.scores.detach(), expected[n], atol=1e-7)
     assert not all(torch.allclose(expected[n], plain_sum[n]) for n in expected)  # the decay did something
+
+
+def test_taylor_output_blocks_alone_score_each_head_by_its_output_projection():
+    model = tiny_bert(LAYERS).train()
+    engine = _hard_taylor_engine(model, taylor_blocks="output")
+    outputs = {layer.attn_out for layer in model_structure(model).layers}
+    expected = {n: torch.zeros_like(engine.params[n].scores) for n in outputs}
+
+    def add_output_blocks():
+        for n in outputs:
+            expected[n] += engine.params[n].scores.grad.abs()
+
+    train_with_engine(model, engine, make_batches(4), lr=1e-3, after_backward=add_output_blocks)
+    for n, p in engine.params.items():
+        if n in outputs:
+            assert torch.allclose(p.scores.detach(), expected[n], atol=1e-7) and float(p.scores.sum()) > 0
+        else:  # q, k and v add nothing to a head's score
+            assert float(p.scores.abs().sum()) == 0 and p.scores.grad is None
+    with pytest.raises(ValueError, match="taylor_blocks"):
+        _hard_taylor_engine(model, taylor_blocks="query")
 
 
 def test_taylor_prunes_the_head_that_does_nothing():

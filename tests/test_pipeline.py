@@ -134,12 +134,13 @@ def test_global_allocation_keeps_the_uniform_totals(tmp_path):
 
 def test_taylor_head_scores_through_the_recipe(tmp_path):
     out = tiny_run_to_ffn(tmp_path, "attention.score=taylor", "attention.allocation=global",
-                          "attention.taylor_decay=0.5")
+                          "attention.taylor_decay=0.5", "attention.taylor_blocks=output")
     from trimformer.bench import layer_widths
     from trimformer.io import load_pruned
 
     log = (out / "run.log").read_text()
-    assert "attention: global heads ranked by taylor scores (moving sums, decay 0.5 a step)" in log
+    assert ("attention: global heads ranked by taylor scores (moving sums, decay 0.5 a step) over the output "
+            "blocks alone") in log
     heads, _ = layer_widths(load_pruned(out / "stages" / "heads" / "model"))
     assert sum(heads) == 4 and min(heads) >= 1
 

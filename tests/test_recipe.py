@@ -36,6 +36,7 @@ def test_overrides_are_typed_and_nested():
     (["attention.score=fisher"], "attention.score"),
     (["attention.mode=hard", "attention.taylor_decay=0.9"], "taylor_decay"),
     (["ffn.score=weights"], "ffn.score"),
+    (["attention.mode=hard", "attention.taylor_blocks=output"], "taylor_blocks"),
 ])
 def test_bad_overrides(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):

@@ -32,7 +32,8 @@ class MovementEngine:
     first-order sensitivity to scaling that block), so a block matters whether its weights would
     move in or out; with whole-head units a head's score is the sum of its four blocks' (q, k and v
     rows, output columns), ranked raw across layers under global allocation. `taylor_decay` < 1
-    multiplies the sums by it before each step's add (an exponential moving sum). `score_lr` and
+    multiplies the sums by it before each step's add (an exponential moving sum); `taylor_blocks=
+    "output"` scores a head by its output block alone. `score_lr` and
     `score_optimizer` are then unused. Movement is a signed sum that needs many steps away from a
     converged fine-tune to mean anything; a one-epoch stage on a few thousand rows has ~100."""
 
@@ -40,7 +41,7 @@ class MovementEngine:
                  regular_scale: float = 1.0, movement_mode: str = "hard", granularity: GranularitySpec = "finegrained",
                  score_lr: float = 1.0, head_units: bool = False, score_optimizer: str = "sgd",
                  threshold: float = 0.0, head_allocation: str = "layer", score: str = "movement",
-                 taylor_decay: float = 1.0):
+                 taylor_decay: float = 1.0, taylor_blocks: str = "all"):
         if movement_mode not in ("hard", "soft"):
             raise ValueError(f"movement_mode must be 'hard' or 'soft', got {movement_mode!r}")
         if score_optimizer not in ("sgd", "adam"):
@@ -49,7 +50,12 @@ class MovementEngine:
             raise ValueError(f"score must be 'movement', or 'taylor' with hard mode; got {score!r} in {movement_mode}")
         if not 0.0 < taylor_decay <= 1.0:
             raise ValueError(f"taylor_decay must be in (0, 1], got {taylor_decay}")
+        output_ok = score == "taylor" and head_units
+        if taylor_blocks not in ("all", "output") or (taylor_blocks == "output" and not output_ok):
+            raise ValueError("taylor_blocks must be 'all', or 'output' with taylor scores on whole heads; "
+                             f"got {taylor_blocks!r}")
         self.score = score
+        self.taylor_blocks = taylor_blocks
         self.taylor_decay = float(taylor_decay)
         self.threshold = float(threshold)
         self.pruner = Pruner(model, config_list, importance=self._scores, granularity=granularity,
@@ -66,6 +72,10 @@ class MovementEngine:
             param = MovementMask(mask, self.pruner.blocks[t.name])
             torch.nn.utils.parametrize.register_parametrization(t.module, "weight", param)
             self.params[t.name] = param
+        # taylor_blocks="output": only the output projections' blocks gather scores; a head's q, k and
+        # v scores stay 0, so its score is its output block's alone.
+        outputs = {layer.attn_out for layer in self.pruner.structure.layers} if taylor_blocks == "output" else None
+        self.scored = [p for n, p in self.params.items() if outputs is None or n in outputs]
         # Plain SGD: a score is then the accumulated movement -sum(w * dL/dw) minus the penalty's pull,
         # so their sizes compete (Adam would normalise the movement signal away).
         scores = [p.scores for p in self.params.values()]
@@ -94,12 +104,13 @@ class MovementEngine:
         dist.average_grads(p.scores for p in self.params.values())  # same scores on every rank
         if self.optimizer is None:  # taylor
             with torch.no_grad():
-                for param in self.params.values():
+                for param in self.scored:
                     if param.scores.grad is not None:
                         # decay < 1: an exponential moving sum, so the ranking follows the model as
                         # heads go (re-estimated importance) rather than the dense model's early steps.
                         param.scores.mul_(self.taylor_decay).add_(param.scores.grad.abs())
-                        param.scores.grad = None
+                for param in self.params.values():
+                    param.scores.grad = None
         else:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

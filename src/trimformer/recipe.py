@@ -60,6 +60,11 @@ class Attention(StageTrain):
     # Taylor scores: each step multiplies the sums by this before adding (1: a plain sum over the
     # stage; below 1 the ranking follows the model as heads go, over about 1 / (1 - decay) steps).
     taylor_decay: float = Field(1.0, gt=0, le=1)
+    # Which of a head's blocks its Taylor score sums: 'all' four (q, k, v rows and output columns), or
+    # 'output' alone: |sum of w * dL/dw| over the output projection's columns of a head is |sum over
+    # tokens of h * dL/dh| for the head's context vectors h, the loss change of removing the head
+    # (Michel et al. 2019), where zeroing its q or k rows leaves it attending uniformly.
+    taylor_blocks: Literal["all", "output"] = "all"
 
     @model_validator(mode="after")
     def _taylor_is_hard(self) -> Attention:
@@ -69,6 +74,8 @@ class Attention(StageTrain):
             raise ValueError("score 'taylor' sums importance and trains no scores; drop score_optimizer and score_lr")
         if self.taylor_decay != 1.0 and self.score != "taylor":
             raise ValueError("taylor_decay shapes Taylor scores; set attention.score=taylor")
+        if self.taylor_blocks != "all" and self.score != "taylor":
+            raise ValueError("taylor_blocks shapes Taylor scores; set attention.score=taylor")
         return self
 
 
