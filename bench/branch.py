@@ -62,10 +62,21 @@ def prepare(source: Path, out: Path, after: str, override: list[str]) -> None:
     record.write_text(json.dumps(made_by))
 
 
+def source_overrides(source: Path) -> list[str]:
+    """The overrides a source point that is itself a branch (`taylor-5+dec97`) was made with, all the
+    way up, so a branch of it runs and records the same settings for the stages it keeps."""
+    record = source / "branch.json"
+    if not record.is_file():
+        return []
+    made_by = json.loads(record.read_text())
+    return [*source_overrides(Path(made_by["source"])), *made_by["override"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True)
-    parser.add_argument("--point", required=True, help="the source point's folder name, e.g. trimformer-3")
+    parser.add_argument("--point", required=True,
+                        help="the source point's folder name, e.g. trimformer-3, or a branch's, e.g. taylor-5+dec97")
     parser.add_argument("--after", required=True, choices=STAGES[:-1])
     parser.add_argument("--method", help="the source point's method when its folder name is an older one")
     parser.add_argument("--name", required=True, help="the branch's name (folder <point>+<name>)")
@@ -75,16 +86,18 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "runs" / "frontier"))
     parser.add_argument("--results", default=str(ROOT / "runs" / "branches"))
     args = parser.parse_args()
-    method, value = args.point.rsplit("-", 1)
+    method, value = args.point.split("+", 1)[0].rsplit("-", 1)
     method = args.method or method
     work = Path(args.work)
     source, out = work / args.task / args.point, work / args.task / f"{args.point}+{args.name}"
+    inherited = source_overrides(source)
     result = Path(args.results) / f"{args.task}-{args.point}+{args.name}.json"
     if result.is_file():
         return
     prepare(source, out, args.after, args.override)
     flags, overrides = method_overrides(method, float(value))
-    cmd = [*base_cmd(args.task, Harness(args.glue_dir, work), out), "--resume", *flags, *overrides, *args.override,
+    cmd = [*base_cmd(args.task, Harness(args.glue_dir, work), out), "--resume", *flags, *overrides, *inherited,
+           *args.override,
            *(["--stop-after", args.stop_after] if args.stop_after else [])]
     start = time.perf_counter()
     run(cmd)

@@ -92,3 +92,14 @@ def test_a_branch_folder_resumes_only_for_the_same_branch(tmp_path):
     legacy = fake_point(tmp_path / "taylor-3+old")  # a folder from before the record: made afresh
     branch.prepare(source, legacy, "finetune", [])
     assert not (legacy / "stages" / "attention").exists()
+
+
+def test_a_branch_of_a_branch_inherits_its_overrides(tmp_path):
+    source = fake_point(tmp_path / "taylor-5")
+    first = tmp_path / "taylor-5+dec97"
+    branch.prepare(source, first, "finetune", ["attention.taylor_decay=0.97"])
+    second = tmp_path / "taylor-5+dec97+chan"
+    branch.prepare(first, second, "finetune", ["ffn.score=channel"])
+    assert branch.source_overrides(source) == []
+    assert branch.source_overrides(first) == ["attention.taylor_decay=0.97"]
+    assert branch.source_overrides(second) == ["attention.taylor_decay=0.97", "ffn.score=channel"]
