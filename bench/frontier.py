@@ -105,6 +105,9 @@ TRIMFORMER = [*LAYERWISE, "attention.allocation=global", "ffn.allocation=global"
 # `taylor_chan`: taylor_dec's with FFN channels ranked by channel Taylor importance (|sum of w * dL/dw|
 # over the second linear's column, per step: the loss change of removing the channel, to first order;
 # bench/results/ffnscore-cpu) instead of the tutorial's elementwise sum over the first linear's row.
+# `taylor_out`: taylor_chan's with each head scored by its output projection block alone
+# (`attention.taylor_blocks=output`: the loss change of removing the head, to first order;
+# bench/results/heads-out-cpu), not the sum over its q, k, v and output blocks.
 # (`ffn.compensate=lstsq`, a least-squares re-fit before each FFN cut, lost 9 points on STS-B in CPU
 # pairs, bench/results/compensate-cpu, so it is not a method here.)
 RECOVER_FULL_LR = "ffn.recover_lr=3e-5"
@@ -121,7 +124,9 @@ TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": []
                   "taylor_reg": TAYLOR_REG,
                   "taylor_layer": [*TAYLOR_REG, "attention.allocation=layer"],
                   "taylor_dec": [*TAYLOR_REG, "attention.taylor_decay=0.97"],
-                  "taylor_chan": [*TAYLOR_REG, "attention.taylor_decay=0.97", "ffn.score=channel"]}
+                  "taylor_chan": [*TAYLOR_REG, "attention.taylor_decay=0.97", "ffn.score=channel"],
+                  "taylor_out": [*TAYLOR_REG, "attention.taylor_decay=0.97", "attention.taylor_blocks=output",
+                                 "ffn.score=channel"]}
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "
