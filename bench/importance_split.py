@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from trimformer.glue import encode, get_task, load_split, make_collator
+from trimformer.scoring import ChannelTaylorImportance
 from trimformer.structure import model_structure
 from trimformer.target import flops_fraction, layer_flops
 from trimformer.train import model_inputs, task_loss
@@ -34,16 +35,17 @@ def main() -> None:
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(0))[: batches * 32].tolist()
     features, collate = encode(tokenizer, task, [examples[i] for i in order]), make_collator(tokenizer)
     n_layers, n_heads, ffn_width = len(st.layers), st.num_heads, st.intermediate_size
-    head_scores, channel_scores = torch.zeros(n_layers, n_heads), torch.zeros(n_layers, ffn_width)
+    head_scores = torch.zeros(n_layers, n_heads)
+    channel_taylor = ChannelTaylorImportance.for_ffn(model, [layer.ffn_in for layer in st.layers])
     for b in range(batches):
         batch = collate(features[b * 32:(b + 1) * 32])
         model.zero_grad()
         task_loss(spec, model(**model_inputs(batch)).logits, batch["labels"]).backward()
+        channel_taylor.accumulate()
         for i, layer in enumerate(st.layers):
             out = model.get_submodule(layer.attn_out).weight
             head_scores[i] += (out * out.grad).sum(0).view(n_heads, st.head_dim).sum(1).abs()
-            down = model.get_submodule(layer.ffn_out).weight
-            channel_scores[i] += (down * down.grad).sum(0).abs()
+    channel_scores = torch.stack([channel_taylor.sums[layer.ffn_in] for layer in st.layers])
     seq = 128
     heads, channels = head_scores.flatten().sort().values, channel_scores.flatten().sort().values
     per_head, per_channel = layer_flops(st, 1, 0, seq), layer_flops(st, 0, 1, seq)

@@ -127,13 +127,13 @@ class Ffn(StageTrain):
     # squares so it emits what it did with the channels that go (compensate.py), from inference
     # moments over `compensate_rows` training rows.
     compensate: Literal["none", "lstsq"] = "none"
+    compensate_rows: int = Field(512, ge=1)
+    compensate_ridge: float = Field(1e-3, gt=0)  # times the channels' mean second moment
     # What ranks the channels each round: 'taylor', the sum of |w * dL/dw| over the channel's row of
     # the first FFN linear (NNI's TaylorPruner); 'channel', |sum of w * dL/dw| over its column of the
     # second linear, added every step: that sum is sum over tokens of a * dL/da for the channel's
     # activation a, the first-order change of the loss if the channel is removed.
     score: Literal["taylor", "channel"] = "taylor"
-    compensate_rows: int = Field(512, ge=1)
-    compensate_ridge: float = Field(1e-3, gt=0)  # times the channels' mean second moment
 
 
 class Bench(_Strict):

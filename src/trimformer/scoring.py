@@ -43,6 +43,14 @@ def _original_param(module: nn.Module) -> nn.Parameter:
     return module.weight
 
 
+def _add_to(sums: dict[str, torch.Tensor], name: str, contribution: torch.Tensor) -> None:
+    """Add one step's scores to a running sum, restarting it when the shape changed (a shrink)."""
+    if name in sums and sums[name].shape == contribution.shape:
+        sums[name] += contribution
+    else:
+        sums[name] = contribution.clone()
+
+
 class TaylorImportance:
     """Accumulates |w * dL/dw| at every optimiser step (call `accumulate` after backward,
     before the optimiser zeroes the gradients; `Pruner.attach` does this with a step pre-hook)."""
@@ -59,11 +67,7 @@ class TaylorImportance:
                 param = _original_param(t.module)
                 if param.grad is None:
                     continue
-                contribution = (weight_of(t.module) * param.grad).abs().float()
-                if t.name in self.sums and self.sums[t.name].shape == contribution.shape:
-                    self.sums[t.name] += contribution
-                else:
-                    self.sums[t.name] = contribution.clone()
+                _add_to(self.sums, t.name, (weight_of(t.module) * param.grad).abs().float())
         self.steps += 1
 
     def reset(self) -> None:
@@ -105,11 +109,7 @@ class ChannelTaylorImportance:
                 param = _original_param(module)
                 if param.grad is None:
                     continue
-                contribution = (weight_of(module) * param.grad).sum(0).abs().float()
-                if name in self.sums and self.sums[name].shape == contribution.shape:
-                    self.sums[name] += contribution
-                else:
-                    self.sums[name] = contribution.clone()
+                _add_to(self.sums, name, (weight_of(module) * param.grad).sum(0).abs().float())
         self.steps += 1
 
     def __call__(self, target: Target) -> torch.Tensor:
