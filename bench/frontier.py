@@ -36,8 +36,11 @@ Methods:
                `target.head_ratio=2` or the task loss weighted 0.5 (see below)
   taylor_reg - taylor's with a regression task (STS-B) trained on its labels alone wherever the
                others distil
+  taylor_ra5 - taylor_reg's with the task loss weighted 0.5 in the distil and FFN stages (what
+               `--recipe trimformer` runs)
   taylor_dec - taylor_reg's with the Taylor head scores an exponential moving sum (decay 0.97 a step),
-               so the ranking follows the model as heads go (what `--recipe trimformer` runs)
+               so the ranking follows the model as heads go; taylor_chan, taylor_out and taylor_chl
+               build on it (see below)
 
     python bench/frontier.py --tasks stsb --methods tutorial --scales 1 3 --stop-after heads
 looks at the heads a few regular_scale values keep without finishing the runs (a finished run
@@ -108,6 +111,10 @@ TRIMFORMER = [*LAYERWISE, "attention.allocation=global", "ffn.allocation=global"
 # `taylor_out`: taylor_chan's with each head scored by its output projection block alone
 # (`attention.taylor_blocks=output`: the loss change of removing the head, to first order;
 # bench/results/heads-out-cpu), not the sum over its q, k, v and output blocks.
+# `taylor_chl`: taylor_chan's with the same number of heads in every layer (`attention.allocation=layer`;
+# on the CPU, bench/results/alloc-cpu, ahead on CoLA and STS-B at x3, level at x5).
+# `taylor_ra5`: taylor_reg's with the distil and FFN stages weighting the task loss 0.5 (taylor_alpha5 on
+# taylor_reg; on the CPU, bench/results/split-cpu, ahead on 4 of 7 pairs, CoLA x2/x3 +3.6/+3.2).
 # (`ffn.compensate=lstsq`, a least-squares re-fit before each FFN cut, lost 9 points on STS-B in CPU
 # pairs, bench/results/compensate-cpu, so it is not a method here.)
 RECOVER_FULL_LR = "ffn.recover_lr=3e-5"
@@ -126,7 +133,10 @@ TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": []
                   "taylor_dec": [*TAYLOR_REG, "attention.taylor_decay=0.97"],
                   "taylor_chan": [*TAYLOR_REG, "attention.taylor_decay=0.97", "ffn.score=channel"],
                   "taylor_out": [*TAYLOR_REG, "attention.taylor_decay=0.97", "attention.taylor_blocks=output",
-                                 "ffn.score=channel"]}
+                                 "ffn.score=channel"],
+                  "taylor_chl": [*TAYLOR_REG, "attention.taylor_decay=0.97", "ffn.score=channel",
+                                 "attention.allocation=layer"],
+                  "taylor_ra5": [*TAYLOR_REG, "distil.alpha=0.5", "ffn.alpha=0.5"]}
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "

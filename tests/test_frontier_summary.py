@@ -62,3 +62,12 @@ def test_summary_of_no_points_writes_nothing(tmp_path):
     """A sweep stopped after its fine-tunes has no point yet (the GPU driver's first calls)."""
     frontier.write_summary(tmp_path, "Protocol.")
     assert not (tmp_path / "frontier.md").exists() and not (tmp_path / "frontier.png").exists()
+
+
+def test_mean_points_only_count_targets_run_on_every_task():
+    """The mean panel and the goal are judged on all tasks; a target with a task missing is left out."""
+    rows = [{"sweep": {"target_speedup": 2.0}, "speedup": 2.0, "drop": 1.0},
+            {"sweep": {"target_speedup": 2.0}, "speedup": 2.2, "drop": 3.0},
+            {"sweep": {"target_speedup": 3.0}, "speedup": 3.1, "drop": 5.0}]
+    assert frontier.mean_points(rows, 2) == [(pytest.approx(2.1), 2.0)]
+    assert frontier.mean_points(rows, 1) == [(3.1, 5.0)]
