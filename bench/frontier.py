@@ -41,6 +41,8 @@ Methods:
   taylor_dec - taylor_reg's with the Taylor head scores an exponential moving sum (decay 0.97 a step),
                so the ranking follows the model as heads go; taylor_chan, taylor_out and taylor_chl
                build on it (see below)
+  taylor_reg_s1025, taylor_ra5_s1026, ... - the same methods with the stages after the shared
+               fine-tune seeded 1025 or 1026 (frontier.md then has means over seeds)
 
     python bench/frontier.py --tasks stsb --methods tutorial --scales 1 3 --stop-after heads
 looks at the heads a few regular_scale values keep without finishing the runs (a finished run
@@ -137,6 +139,12 @@ TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": []
                   "taylor_chl": [*TAYLOR_REG, "attention.taylor_decay=0.97", "ffn.score=channel",
                                  "attention.allocation=layer"],
                   "taylor_ra5": [*TAYLOR_REG, "distil.alpha=0.5", "ffn.alpha=0.5"]}
+# The same methods with the stages after the shared fine-tune seeded differently (data order, dropout):
+# one CoLA point moves 3-4 MCC points from seed to seed, as much as most switches, so the top methods
+# need a few seeds each before one is preferred (frontier.md then adds a table of means over seeds).
+SEEDS = (1025, 1026)
+TARGET_METHODS.update({f"{method}_s{seed}": [*TARGET_METHODS[method], f"seed={seed}"]
+                       for method in ("taylor_reg", "taylor_ra5") for seed in SEEDS})
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "

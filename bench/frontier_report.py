@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 GOALS = {2.0: 0.5, 3.0: 1.5, 5.0: 3.0}  # the issue's mean drop (points) allowed at each speedup
@@ -125,7 +126,7 @@ def write_summary(results: Path, protocol: str) -> None:
     machines = sorted({r.get("trained_on", "CPU") for r in rows})
     protocol += " Trained on: " + "; ".join(machines) + "."
     text = ("# Frontier\n\n" + protocol + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(comparison_lines(rows))
-            + "\n")
+            + "\n" + "".join(line + "\n" for line in seed_lines(rows)))
     tmp = results / "frontier.md.tmp"
     tmp.write_text(text)
     os.replace(tmp, results / "frontier.md")
@@ -177,14 +178,47 @@ def write_summary(results: Path, protocol: str) -> None:
     fig.savefig(results / "frontier.png", dpi=110)
 
 
-def mean_points(rows: list[dict], tasks: int) -> list[tuple[float, float]]:
-    """(mean speedup, mean drop) per target over the rows of one method, for targets run on all
+def mean_by_target(rows: list[dict], tasks: int) -> dict[float, tuple[float, float]]:
+    """{target: (mean speedup, mean drop)} over the rows of one method, for targets run on all
     `tasks` tasks (a partial target would compare a different set of tasks)."""
     by_target: dict[float, list[dict]] = {}
     for r in rows:
         by_target.setdefault(r["sweep"]["target_speedup"], []).append(r)
-    return [(sum(r["speedup"] for r in group) / tasks, sum(r["drop"] for r in group) / tasks)
-            for _, group in sorted(by_target.items()) if len(group) == tasks]
+    return {target: (sum(r["speedup"] for r in group) / tasks, sum(r["drop"] for r in group) / tasks)
+            for target, group in sorted(by_target.items()) if len(group) == tasks}
+
+
+def mean_points(rows: list[dict], tasks: int) -> list[tuple[float, float]]:
+    """(mean speedup, mean drop) per complete target, in target order (the plot's mean panel)."""
+    return list(mean_by_target(rows, tasks).values())
+
+
+def seed_lines(rows: list[dict]) -> list[str]:
+    """Means over seeds: a method `M` and its variants `M_s<seed>` (bench/frontier.py) averaged per
+    target, each seed's five-task mean first (targets run on every task only); empty without variants."""
+    tasks = len({r["task"] for r in rows})
+    by_method: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        if is_target_point(r):
+            base = re.sub(r"_s\d+$", "", r["method"])
+            by_method.setdefault(base, {}).setdefault(r["method"], []).append(r)
+    lines = []
+    for base, variants in sorted(by_method.items()):
+        if len(variants) < 2:
+            continue
+        per_target: dict[float, list[tuple[float, float]]] = {}
+        for variant_rows in variants.values():
+            for target, mean in mean_by_target(variant_rows, tasks).items():
+                per_target.setdefault(target, []).append(mean)
+        for target, means in sorted(per_target.items()):
+            drops = [d for _, d in means]
+            lines.append(f"| {base} | x{target:g} | {len(means)} | {sum(s for s, _ in means) / len(means):.2f}x | "
+                         f"{sum(drops) / len(drops):+.2f} | {min(drops):+.2f} to {max(drops):+.2f} |")
+    if not lines:
+        return []
+    return ["", "## Means over seeds (each seed's mean over the tasks, then over seeds)", "",
+            "| method | target | seeds | mean speedup | mean drop | range over seeds |",
+            "| --- | --- | --- | --- | --- | --- |", *lines]
 
 
 def _groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:

@@ -71,3 +71,17 @@ def test_mean_points_only_count_targets_run_on_every_task():
             {"sweep": {"target_speedup": 3.0}, "speedup": 3.1, "drop": 5.0}]
     assert frontier.mean_points(rows, 2) == [(pytest.approx(2.1), 2.0)]
     assert frontier.mean_points(rows, 1) == [(3.1, 5.0)]
+
+
+def test_seed_variants_are_averaged_per_target():
+    """`M` and `M_s1025` are one method at two seeds: the table averages their five-task means."""
+    def row(method, task, target, drop):
+        return {"method": method, "task": task, "sweep": {"target_speedup": target}, "speedup": target, "drop": drop}
+
+    rows = [row("m", "a", 2.0, 1.0), row("m", "b", 2.0, 3.0), row("m_s1025", "a", 2.0, 5.0),
+            row("m_s1025", "b", 2.0, 7.0), row("m_s1025", "a", 3.0, 9.0), row("other", "a", 2.0, 0.0),
+            {"method": "tutorial", "task": "a", "sweep": {"regular_scale": 1.0}, "speedup": 2.0, "drop": 9.0}]
+    lines = frontier.seed_lines(rows)
+    assert "| m | x2 | 2 | 2.00x | +4.00 | +2.00 to +6.00 |" in lines
+    assert not any(line.startswith("| m | x3") or line.startswith("| other") for line in lines)
+    assert frontier.seed_lines([r for r in rows if r["method"] != "m_s1025"]) == []

@@ -72,3 +72,12 @@ def test_recipe_file(tmp_path):
         load_recipe(str(path))
     with pytest.raises(ConfigError, match="recipe file not found"):
         load_recipe(str(tmp_path / "missing.yaml"))
+
+
+def test_seed_variants_of_frontier_methods_override_the_protocol_seed():
+    """`taylor_ra5_s1025` runs after the protocol's `seed=1024` on the command line; its seed must win."""
+    frontier = load_bench("frontier")
+    variant = load_recipe("default", [*frontier.PROTOCOL, *frontier.TARGET_METHODS["taylor_ra5_s1025"]])
+    base = load_recipe("default", [*frontier.PROTOCOL, *frontier.TARGET_METHODS["taylor_ra5"]])
+    assert variant.seed == 1025 and base.seed == 1024
+    assert {**variant.model_dump(), "seed": 1024} == base.model_dump()
