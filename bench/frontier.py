@@ -123,6 +123,8 @@ RECOVER_FULL_LR = "ffn.recover_lr=3e-5"
 CALIBRATED = [*TRIMFORMER, RECOVER_FULL_LR, "ffn.calibrate_rows=8192"]
 TAYLOR = [*CALIBRATED, "attention.score=taylor"]
 TAYLOR_REG = [*TAYLOR, "distill_regression=false"]
+TAYLOR_DEC = [*TAYLOR_REG, "attention.taylor_decay=0.97"]
+TAYLOR_CHAN = [*TAYLOR_DEC, "ffn.score=channel"]
 TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": [],
                   "hidden": [*TRIMFORMER, "attention.hidden_distill=1", "distil.hidden_distill=1",
                              "ffn.hidden_distill=1"],
@@ -132,12 +134,9 @@ TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": []
                   "taylor_alpha5": [*TAYLOR, "distil.alpha=0.5", "ffn.alpha=0.5"],
                   "taylor_reg": TAYLOR_REG,
                   "taylor_layer": [*TAYLOR_REG, "attention.allocation=layer"],
-                  "taylor_dec": [*TAYLOR_REG, "attention.taylor_decay=0.97"],
-                  "taylor_chan": [*TAYLOR_REG, "attention.taylor_decay=0.97", "ffn.score=channel"],
-                  "taylor_out": [*TAYLOR_REG, "attention.taylor_decay=0.97", "attention.taylor_blocks=output",
-                                 "ffn.score=channel"],
-                  "taylor_chl": [*TAYLOR_REG, "attention.taylor_decay=0.97", "ffn.score=channel",
-                                 "attention.allocation=layer"],
+                  "taylor_dec": TAYLOR_DEC, "taylor_chan": TAYLOR_CHAN,
+                  "taylor_out": [*TAYLOR_CHAN, "attention.taylor_blocks=output"],
+                  "taylor_chl": [*TAYLOR_CHAN, "attention.allocation=layer"],
                   "taylor_ra5": [*TAYLOR_REG, "distil.alpha=0.5", "ffn.alpha=0.5"]}
 # The same methods with the stages after the shared fine-tune seeded differently (data order, dropout):
 # one CoLA point moves 3-4 MCC points from seed to seed, as much as most switches, so the top methods
