@@ -41,6 +41,9 @@ Methods:
   taylor_dec - taylor_reg's with the Taylor head scores an exponential moving sum (decay 0.97 a step),
                so the ranking follows the model as heads go; taylor_chan, taylor_out and taylor_chl
                build on it (see below)
+  taylor_hid - taylor_ra5's plus hidden's layer-wise hidden-state distillation in the three pruning
+               stages (a candidate: ahead of `trimformer` at x5 in the first GPU frontier, behind
+               taylor_ra5 on CoLA on the CPU, bench/results/hidden-cpu)
   taylor_reg_s1025, taylor_ra5_s1026, ... - the same methods with the stages after the shared
                fine-tune seeded 1025 or 1026 (frontier.md then has means over seeds)
 
@@ -87,47 +90,20 @@ TUTORIAL = ["attention.mode=soft", "attention.granularity=auto", "attention.scor
 # (bench/results/frontier-cpu), before the five-task frontier.
 LAYERWISE = ["attention.distill=true", "heads.source=attention", "ffn.recover=0.25"]
 TRIMFORMER = [*LAYERWISE, "attention.allocation=global", "ffn.allocation=global"]
-# Methods swept by target speedup: trimformer's; ablations: `layerwise` (the same share of heads and
-# channels in every layer), `target` (the latency target alone, default recipe otherwise) and `hidden`
-# (trimformer's with the hidden states after every layer distilled in every pruning stage).
-# `calibrated`: trimformer's with the FFN epoch's last quarter trained from the full learning rate
-# (not the last round's) and the classifier's bias shifted to the teacher's class rates on the
-# training rows at the end (calibrate.py; one inference pass, no dev labels). `taylor`: calibrated's
-# with the attention epoch ranking heads by accumulated first-order Taylor importance (|sum w * dL/dw|
-# per block, every step) instead of learned movement scores (movement.py; movement needs many steps to mean
-# anything, and the small tasks give the epoch ~100); `taylor_uncal`: taylor's without the bias calibration;
-# `taylor_heads2`: taylor's with the latency budget split to keep twice the share of heads as of FFN
-# channels (`target.head_ratio=2`; same FLOPs: x3 keeps 6 heads and 323 channels per layer, not 4 and 473);
-# `taylor_alpha5`: taylor's with the distil and FFN stages weighting the task loss 0.5 (KD 0.5), not 0.1.
-# These two were measured on the CPU only (bench/results/split-cpu), not yet on all five tasks.
-# `taylor_reg`: taylor's with a regression task (STS-B) trained on its labels alone in every stage
-# that distils (`distill_regression=false`; the classification tasks run exactly as `taylor`).
-# `taylor_layer`: taylor_reg's with the same number of heads in every layer (not one ranking across
-# layers); on CoLA (bench/results/alloc-cpu) ahead on two seeds at x3, not at x5.
-# `taylor_dec`: taylor_reg's with `attention.taylor_decay=0.97` (bench/results/combo-cpu): the head
-# scores forget the dense model's early steps over ~33 steps, so the last heads are chosen by what
-# matters once most others are gone.
-# `taylor_chan`: taylor_dec's with FFN channels ranked by channel Taylor importance (|sum of w * dL/dw|
-# over the second linear's column, per step: the loss change of removing the channel, to first order;
-# bench/results/ffnscore-cpu) instead of the tutorial's elementwise sum over the first linear's row.
-# `taylor_out`: taylor_chan's with each head scored by its output projection block alone
-# (`attention.taylor_blocks=output`: the loss change of removing the head, to first order;
-# bench/results/heads-out-cpu), not the sum over its q, k, v and output blocks.
-# `taylor_chl`: taylor_chan's with the same number of heads in every layer (`attention.allocation=layer`;
-# on the CPU, bench/results/alloc-cpu, ahead on CoLA and STS-B at x3, level at x5).
-# `taylor_ra5`: taylor_reg's with the distil and FFN stages weighting the task loss 0.5 (taylor_alpha5 on
-# taylor_reg; on the CPU, bench/results/split-cpu, ahead on 4 of 7 pairs, CoLA x2/x3 +3.6/+3.2).
-# (`ffn.compensate=lstsq`, a least-squares re-fit before each FFN cut, lost 9 points on STS-B in CPU
-# pairs, bench/results/compensate-cpu, so it is not a method here.)
+# The other methods: each adds switches to one before it. What each switch does, why it was tried and
+# where it was measured (CPU pairs first, then the GPU frontier): bench/results/frontier/README.md,
+# "The methods". (`ffn.compensate=lstsq`, a least-squares re-fit before each FFN cut, lost 9 points on
+# STS-B in CPU pairs, bench/results/compensate-cpu, so it is not a method here.)
 RECOVER_FULL_LR = "ffn.recover_lr=3e-5"
 CALIBRATED = [*TRIMFORMER, RECOVER_FULL_LR, "ffn.calibrate_rows=8192"]
 TAYLOR = [*CALIBRATED, "attention.score=taylor"]
 TAYLOR_REG = [*TAYLOR, "distill_regression=false"]
 TAYLOR_DEC = [*TAYLOR_REG, "attention.taylor_decay=0.97"]
 TAYLOR_CHAN = [*TAYLOR_DEC, "ffn.score=channel"]
+TAYLOR_RA5 = [*TAYLOR_REG, "distil.alpha=0.5", "ffn.alpha=0.5"]
+HIDDEN = ["attention.hidden_distill=1", "distil.hidden_distill=1", "ffn.hidden_distill=1"]
 TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": [],
-                  "hidden": [*TRIMFORMER, "attention.hidden_distill=1", "distil.hidden_distill=1",
-                             "ffn.hidden_distill=1"],
+                  "hidden": [*TRIMFORMER, *HIDDEN],
                   "calibrated": CALIBRATED, "taylor": TAYLOR,
                   "taylor_uncal": [*TRIMFORMER, RECOVER_FULL_LR, "attention.score=taylor"],
                   "taylor_heads2": [*TAYLOR, "target.head_ratio=2"],
@@ -137,7 +113,8 @@ TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": []
                   "taylor_dec": TAYLOR_DEC, "taylor_chan": TAYLOR_CHAN,
                   "taylor_out": [*TAYLOR_CHAN, "attention.taylor_blocks=output"],
                   "taylor_chl": [*TAYLOR_CHAN, "attention.allocation=layer"],
-                  "taylor_ra5": [*TAYLOR_REG, "distil.alpha=0.5", "ffn.alpha=0.5"]}
+                  "taylor_ra5": TAYLOR_RA5,
+                  "taylor_hid": [*TAYLOR_RA5, *HIDDEN]}
 # The same methods with the stages after the shared fine-tune seeded differently (data order, dropout):
 # one CoLA point moves 3-4 MCC points from seed to seed, as much as most switches, so the top methods
 # need a few seeds each before one is preferred (frontier.md then adds a table of means over seeds).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 from pathlib import Path
 
 GOALS = {2.0: 0.5, 3.0: 1.5, 5.0: 3.0}  # the issue's mean drop (points) allowed at each speedup
@@ -28,30 +29,66 @@ def point_rows(results: Path) -> list[tuple[Path, dict]]:
     return [(path, row) for path, row in rows if "method" in row]
 
 
+def shape_folder(work: Path, row: dict, scratch: Path) -> Path | None:
+    """A folder whose config.json describes the point's pruned model: the point's own, or, when the
+    point was trained in a work folder not kept here, another point's config of the same task with
+    the row's recorded heads and FFN widths per layer (all that latency depends on). None if neither."""
+    value = next(iter(row["sweep"].values()))
+    own = work / row["task"] / f"{row['method']}-{value:g}" / "model"
+    if (own / "config.json").is_file():
+        return own
+    donors = sorted(work.glob(f"{row['task']}/*/model/config.json"))
+    if not donors or "heads_per_layer" not in row or "ffn_per_layer" not in row:
+        return None
+    config = json.loads(donors[0].read_text())
+    config["trimformer_heads_per_layer"] = row["heads_per_layer"]
+    config["trimformer_ffn_per_layer"] = row["ffn_per_layer"]
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "config.json").write_text(json.dumps(config))
+    return scratch
+
+
 def remeasure(results: Path, work: Path, repeats: int) -> None:
     """Time every finished point again on a quiet machine (dense and pruned interleaved in one process)
     and store it as `speedup`; the figure taken at the end of the run stays as `speedup_at_run`. Only
-    each point's model/config.json is needed: latency does not depend on the weights' values, so points
-    trained elsewhere (a GPU) are timed here from their recorded shapes."""
+    each point's shape is needed: latency does not depend on the weights' values, so points trained
+    elsewhere (a GPU) are timed here from their model/config.json or, without it, their recorded widths."""
+    import tempfile
+
     from trimformer.bench import compare_latency
     from trimformer.io import build_architecture
 
     for path, row in point_rows(results):
-        value = next(iter(row["sweep"].values()))
-        out = work / row["task"] / f"{row['method']}-{value:g}"
-        if not (out / "model" / "config.json").is_file():
-            print(f"skip {path.name}: {out / 'model' / 'config.json'} is not here")
-            continue
-        dense, pruned = build_architecture(out / "model", dense=True), build_architecture(out / "model")
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = shape_folder(work, row, Path(scratch))
+            if folder is None:
+                print(f"skip {path.name}: no model/config.json of {row['task']} under {work}")
+                continue
+            dense, pruned = build_architecture(folder, dense=True), build_architecture(folder)
         result = compare_latency(dense.eval(), pruned.eval(), 32, 128, warmup=3, repeats=repeats)
-        row.setdefault("speedup_at_run", row["speedup"])
-        row["speedup"] = result.speedup
-        row["speedup_command"] = f"python bench/frontier.py --remeasure --repeats {repeats}"
+        add_timing(row, result.speedup, repeats)
+        # The medians of the latest pass, so a pass taken under other load shows: the dense model then
+        # runs slow, and the ratio drops too (on 2 cores one busy core took CoLA x3 from x3.09 to x2.43).
+        row["latency_dense_s"], row["latency_pruned_s"] = result.reference.median_s, result.candidate.median_s
         row["load_average"] = os.getloadavg()[0]
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(row, indent=2))
         os.replace(tmp, path)
-        print(f"{path.name}: x{row['speedup_at_run']:.2f} at run, x{result.speedup:.2f} now")
+        print(f"{path.name}: x{row['speedup_at_run']:.2f} at run, x{result.speedup:.2f} now, "
+              f"x{row['speedup']:.2f} over {len(row['speedup_timings'])} passes", flush=True)
+
+
+def add_timing(row: dict, speedup: float, repeats: int) -> None:
+    """Record one more quiet timing of a point; its `speedup` becomes the median over all of them.
+    On the 2-core machine two quiet passes of the same point differ by several percent, sometimes
+    15% (other tenants of the host), so each pass is kept and the median of the passes is used.
+    A row timed before passes were kept holds one earlier pass in `speedup` (`speedup_at_run` set)."""
+    if "speedup_timings" not in row:
+        row["speedup_timings"] = [row["speedup"]] if "speedup_at_run" in row else []
+        row.setdefault("speedup_at_run", row["speedup"])
+    row["speedup_timings"].append(speedup)
+    row["speedup"] = statistics.median(row["speedup_timings"])
+    row["speedup_command"] = f"python bench/frontier.py --remeasure --repeats {repeats}  # once per pass"
 
 
 def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
@@ -111,6 +148,20 @@ def comparison_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def timing_lines(rows: list[dict]) -> list[str]:
+    """How far a point's quiet re-timing passes stray from their median (speedups up to x8, where
+    the goal is judged): the measurement error behind every speedup in the table."""
+    passes = [r["speedup_timings"] for r in rows if len(r.get("speedup_timings", [])) > 1 and r["speedup"] <= 8]
+    if not passes:
+        return []
+    off = sorted(abs(t / statistics.median(ts) - 1) for ts in passes for t in ts)
+    counts = sorted({len(ts) for ts in passes})
+    return ["", f"Timing spread: {len(passes)} points up to x8 re-timed in {'/'.join(map(str, counts))} quiet passes "
+            f"(`speedup_timings`; `speedup` is their median). A pass strays from its point's median by "
+            f"{statistics.median(off):.1%} in the median, {off[int(0.9 * (len(off) - 1))]:.1%} at the 90th "
+            f"percentile, {off[-1]:.1%} at most."]
+
+
 def write_summary(results: Path, protocol: str) -> None:
     """Combined table (Markdown) and plot (PNG) over every result JSON."""
     rows = [row for _, row in point_rows(results)]
@@ -126,7 +177,7 @@ def write_summary(results: Path, protocol: str) -> None:
     machines = sorted({r.get("trained_on", "CPU") for r in rows})
     protocol += " Trained on: " + "; ".join(machines) + "."
     text = ("# Frontier\n\n" + protocol + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(comparison_lines(rows))
-            + "\n" + "".join(line + "\n" for line in seed_lines(rows)))
+            + "\n" + "".join(line + "\n" for line in seed_lines(rows) + timing_lines(rows)))
     tmp = results / "frontier.md.tmp"
     tmp.write_text(text)
     os.replace(tmp, results / "frontier.md")

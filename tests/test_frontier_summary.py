@@ -85,3 +85,47 @@ def test_seed_variants_are_averaged_per_target():
     assert "| m | x2 | 2 | 2.00x | +4.00 | +2.00 to +6.00 |" in lines
     assert not any(line.startswith("| m | x3") or line.startswith("| other") for line in lines)
     assert frontier.seed_lines([r for r in rows if r["method"] != "m_s1025"]) == []
+
+
+def test_points_trained_elsewhere_are_timed_from_their_recorded_widths(tmp_path):
+    """`--remeasure` times a point whose folder is not here from another point's config of the same
+    task with the row's own heads and FFN widths; with no config of that task it skips the point."""
+    from trimformer.io import build_architecture
+
+    donor = tmp_path / "work" / "cola" / "taylor-3" / "model"
+    donor.mkdir(parents=True)
+    config = {"model_type": "bert", "architectures": ["BertForSequenceClassification"], "hidden_size": 32,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 50,
+              "trimformer_heads_per_layer": [1, 1], "trimformer_ffn_per_layer": [8, 8]}
+    (donor / "config.json").write_text(json.dumps(config))
+    row = {"task": "cola", "method": "tutorial", "sweep": {"regular_scale": 1.0},
+           "heads_per_layer": [0, 3], "ffn_per_layer": [1, 40]}
+    folder = frontier.shape_folder(tmp_path / "work", row, tmp_path / "scratch")
+    model = build_architecture(folder)
+    layers = model.bert.encoder.layer
+    assert [layer.intermediate.dense.out_features for layer in layers] == [1, 40]
+    assert layers[1].attention.output.dense.in_features == 3 * 8
+    own = {"task": "cola", "method": "taylor", "sweep": {"target_speedup": 3.0}}
+    assert frontier.shape_folder(tmp_path / "work", own, tmp_path / "unused") == donor
+    assert frontier.shape_folder(tmp_path / "work", {**row, "task": "rte"}, tmp_path / "none") is None
+
+
+def test_every_remeasure_pass_is_kept_and_the_median_used():
+    row = {"speedup": 2.7}  # as trained: the figure taken at the end of the run
+    frontier.add_timing(row, 3.0, 15)
+    assert row["speedup_at_run"] == 2.7 and row["speedup_timings"] == [3.0] and row["speedup"] == 3.0
+    frontier.add_timing(row, 2.6, 15)
+    frontier.add_timing(row, 3.1, 15)
+    assert row["speedup_timings"] == [3.0, 2.6, 3.1] and row["speedup"] == 3.0 and row["speedup_at_run"] == 2.7
+    earlier = {"speedup": 2.8, "speedup_at_run": 2.1}  # re-timed once before passes were kept
+    frontier.add_timing(earlier, 3.2, 15)
+    assert earlier["speedup_timings"] == [2.8, 3.2] and earlier["speedup"] == pytest.approx(3.0)
+
+
+def test_timing_spread_over_passes():
+    rows = [{"speedup": 3.0, "speedup_timings": [2.7, 3.0, 3.3]}, {"speedup": 2.0, "speedup_timings": [2.0, 2.0]},
+            {"speedup": 20.0, "speedup_timings": [10.0, 30.0]}, {"speedup": 5.0}]
+    text = "\n".join(frontier.timing_lines(rows))
+    assert "2 points up to x8 re-timed in 2/3 quiet passes" in text
+    assert "10.0% at most" in text
+    assert frontier.timing_lines([{"speedup": 5.0}]) == []

@@ -206,9 +206,10 @@ def _check_args(batch_size: int, seq_len: int, warmup: int, repeats: int) -> Non
         raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
 
 
-def _time_models(models: tuple[nn.Module, ...], batch_size: int, seq_len: int, threads: int | None,
-                 warmup: int, repeats: int, device: str | torch.device) -> list[LatencyStats]:
-    """Time models on shared inputs with interleaved repeats; restores threads and train flags."""
+def time_models(models: tuple[nn.Module, ...], batch_size: int, seq_len: int, threads: int | None = None,
+                warmup: int = 3, repeats: int = 10, device: str | torch.device = "cpu") -> list[LatencyStats]:
+    """Time models on shared inputs (valid tokens for all), repeats interleaved so that drift
+    hits every model alike; restores threads and train flags. Ratios of medians are the speedups."""
     _check_args(batch_size, seq_len, warmup, repeats)
     dev = torch.device(device)
     was_training = [m.training for m in models]
@@ -242,12 +243,12 @@ def measure_latency(model: nn.Module, batch_size: int = 32, seq_len: int = 128, 
     The model is moved to ``device`` (in place). ``threads`` sets torch's intra-op threads for the
     measurement only. For speedups use :func:`compare_latency`, not two calls of this.
     """
-    return _time_models((model,), batch_size, seq_len, threads, warmup, repeats, device)[0]
+    return time_models((model,), batch_size, seq_len, threads, warmup, repeats, device)[0]
 
 
 def compare_latency(reference: nn.Module, candidate: nn.Module, batch_size: int = 32, seq_len: int = 128,
                     threads: int | None = None, warmup: int = 3, repeats: int = 10,
                     device: str | torch.device = "cpu") -> LatencyComparison:
     """Time two models on the same inputs and threads, repeats interleaved; speedup = ref / cand median."""
-    ref, cand = _time_models((reference, candidate), batch_size, seq_len, threads, warmup, repeats, device)
+    ref, cand = time_models((reference, candidate), batch_size, seq_len, threads, warmup, repeats, device)
     return LatencyComparison(reference=ref, candidate=cand, speedup=ref.median_s / cand.median_s)
