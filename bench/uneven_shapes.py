@@ -14,7 +14,6 @@ widths: the dense model and the three shapes of a point in one process, repeats 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -24,21 +23,11 @@ import torch
 
 from trimformer.bench import time_models
 from trimformer.pipeline import write_json
-from trimformer.shrink import LayerPlan, ShrinkPlan, apply_plan
-from trimformer.structure import model_structure
+from trimformer.target import shaped_copy
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from head_ratio_shapes import packaged_model  # noqa: E402
-
-
-def shaped_model(model: torch.nn.Module, heads: list[int], ffn: list[int]) -> torch.nn.Module:
-    """A copy of `model` with `heads[i]` heads and `ffn[i]` FFN channels in layer i."""
-    st = model_structure(model)
-    clone = copy.deepcopy(model).eval()
-    apply_plan(clone, ShrinkPlan(st.family, st.num_heads, st.head_dim,
-                                 tuple(LayerPlan(range(h), range(f)) for h, f in zip(heads, ffn, strict=True))))
-    return clone
 
 
 def even(total: int, layers: int) -> list[int]:
@@ -64,7 +53,7 @@ def main() -> None:
         shapes = {"own": (heads, ffn), "even_ffn": (heads, even(sum(ffn), n)),
                   "even_heads": (even(sum(heads), n), ffn)}
         # The dense model and the three shapes of a point are timed together, repeats interleaved.
-        stats = time_models((dense, *(shaped_model(dense, *shape) for shape in shapes.values())), 32, 128,
+        stats = time_models((dense, *(shaped_copy(dense, *shape) for shape in shapes.values())), 32, 128,
                             warmup=2, repeats=args.repeats)
         row = {"task": point["task"], "target": float(next(iter(point["sweep"].values()))),
                "frontier_speedup": point["speedup"]}

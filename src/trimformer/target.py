@@ -12,6 +12,7 @@ refine once.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from torch import nn
@@ -81,12 +82,16 @@ def shape_of(model: nn.Module, keep: float, ffn_multiple: int = 1) -> tuple[int,
     return heads, min(ffn, st.intermediate_size)
 
 
-def shaped_copy(model: nn.Module, heads: int, ffn: int) -> nn.Module:
-    """A copy of `model` cut to `heads` heads and `ffn` channels in every layer (for timing)."""
+def shaped_copy(model: nn.Module, heads: int | Sequence[int], ffn: int | Sequence[int]) -> nn.Module:
+    """A copy of `model` cut to `heads` heads and `ffn` channels in every layer, or to one count per
+    layer where a list is given (for timing)."""
     st = model_structure(model)
+    n = len(st.layers)
+    heads = [heads] * n if isinstance(heads, int) else list(heads)
+    ffn = [ffn] * n if isinstance(ffn, int) else list(ffn)
     clone = copy.deepcopy(model).eval()
     plan = ShrinkPlan(st.family, st.num_heads, st.head_dim,
-                      tuple(LayerPlan(range(heads), range(ffn)) for _ in st.layers))
+                      tuple(LayerPlan(range(h), range(f)) for h, f in zip(heads, ffn, strict=True)))
     apply_plan(clone, plan)
     return clone
 
