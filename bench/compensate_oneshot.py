@@ -24,8 +24,7 @@ import torch
 
 from trimformer import glue
 from trimformer.compensate import collect_channel_stats, compensate_linear, sample_batches
-from trimformer.io import load_pruned
-from trimformer.pipeline import write_json
+from trimformer.io import load_pruned, write_json
 from trimformer.shrink import shrink
 from trimformer.structure import model_structure
 from trimformer.train import TrainSettings, evaluate, fit

@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from trimformer.bench import compare_latency
 from trimformer.cli import default_model
-from trimformer.pipeline import write_json
+from trimformer.io import write_json
 from trimformer.structure import model_structure
 from trimformer.target import flops_fraction, shape_on_line, shaped_copy
 

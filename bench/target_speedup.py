@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from trimformer.pipeline import write_json
+from trimformer.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "target_speedup.json"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from trimformer.bench import time_models
-from trimformer.pipeline import write_json
+from trimformer.io import write_json
 from trimformer.target import shaped_copy
 
 BENCH = Path(__file__).resolve().parent

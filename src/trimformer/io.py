@@ -29,6 +29,15 @@ FORMAT_VERSION = 1
 CONFIG, WEIGHTS, PLAN, META = "config.json", "model.safetensors", "plan.json", "trimformer.json"
 
 
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Atomic JSON write: temp file, then rename (a crash leaves the old file or none, never half)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
 class PrunedModelError(ValueError):
     """A pruned-model folder that cannot be loaded as it is; the message names the file."""
 
