@@ -158,8 +158,13 @@ def test_channel_taylor_ffn_scores_through_the_recipe(tmp_path):
 
 def test_hidden_state_distillation_in_every_pruning_stage(tmp_path):
     out = tiny_run_to_ffn(tmp_path, "attention.hidden_distill=1", "distil.hidden_distill=1", "ffn.hidden_distill=1",
-                          "ffn.recover=0.25")
+                          "ffn.recover=0.25", "ffn.hidden_teacher=distil")
     assert (out / "stages" / "ffn" / "done.json").is_file()
+    log = (out / "run.log").read_text()
+    # attention and distil match the fine-tuned model; the FFN stage the model it started from
+    assert log.count("hidden states distilled from the finetune stage's model (weight 1)") == 2
+    assert log.count("hidden states distilled from the distil stage's model (weight 1)") == 1
+    assert log.index("stage ffn") < log.index("from the distil stage's model")
 
 
 

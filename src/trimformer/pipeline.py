@@ -114,10 +114,13 @@ class Run:
                              hidden_weight=section.hidden_distill, **extra)
 
     def teacher_model(self, section) -> nn.Module | None:
-        """The frozen fine-tuned model, when the stage distils hidden states."""
+        """The frozen model whose hidden states the stage distils (the fine-tuned one unless the
+        section names another stage's, `ffn.hidden_teacher`), when it distils hidden states."""
         if section.hidden_distill <= 0:
             return None
-        teacher = load_pruned(self.stage_dir("finetune") / "model", self.device).eval()
+        source = getattr(section, "hidden_teacher", "finetune")
+        log.info("hidden states distilled from the %s stage's model (weight %g)", source, section.hidden_distill)
+        teacher = load_pruned(self.stage_dir(source) / "model", self.device).eval()
         return teacher.requires_grad_(False)
 
     def teacher_logits(self) -> torch.Tensor:

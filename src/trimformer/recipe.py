@@ -134,6 +134,10 @@ class Ffn(StageTrain):
     # second linear, added every step: that sum is sum over tokens of a * dL/da for the channel's
     # activation a, the first-order change of the loss if the channel is removed.
     score: Literal["taylor", "channel"] = "taylor"
+    # Whose hidden states `hidden_distill` matches here: 'finetune', the dense fine-tuned model's (as
+    # in the other stages); 'distil', the model this stage starts from (same heads, every channel),
+    # so the MSE is exactly what the cuts changed and the training repairs that.
+    hidden_teacher: Literal["finetune", "distil"] = "finetune"
 
 
 class Bench(_Strict):
