@@ -42,8 +42,8 @@ Methods:
                so the ranking follows the model as heads go; taylor_chan, taylor_out and taylor_chl
                build on it (see below)
   taylor_hid - taylor_ra5's plus hidden's layer-wise hidden-state distillation in the three pruning
-               stages (a candidate: ahead of `trimformer` at x5 in the first GPU frontier, behind
-               taylor_ra5 on CoLA on the CPU, bench/results/hidden-cpu)
+               stages (ahead of `trimformer` at x5 in the first GPU frontier; at x5 on the CPU -1.8,
+               +0.6, -0.7 points against taylor_ra5 on CoLA, SST-2, RTE: bench/results/hidden-cpu)
   taylor_reg_s1025, taylor_ra5_s1026, ... - the same methods with the stages after the shared
                fine-tune seeded 1025 or 1026 (frontier.md then has means over seeds)
 
