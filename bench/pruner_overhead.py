@@ -27,17 +27,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from trimformer.io import write_json
 from trimformer.movement import MovementEngine
 from trimformer.pruners import Pruner
 from trimformer.schedule import Iterative
@@ -168,19 +167,6 @@ def summarize(times: list[dict[str, float]]) -> dict:
     }
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -252,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
         "loadavg_1_5_15": {"start": [round(x, 2) for x in load_before],
                            "end": [round(x, 2) for x in os.getloadavg()]},
     }
-    write_json_atomic(data, args.output)
+    write_json(args.output, data)
     for name, res in results.items():
         extra = "" if name == "dense" else (
             f"  ratio {res['ratio']:.3f} (min {res['ratio_min']:.3f}, paired {res['ratio_paired_median']:.3f}, "
