@@ -35,15 +35,17 @@ Methods:
                taylor_uncal without the bias calibration; taylor_heads2 and taylor_alpha5 with
                `target.head_ratio=2` or the task loss weighted 0.5 (see below)
   taylor_reg - taylor's with a regression task (STS-B) trained on its labels alone wherever the
-               others distil
-  taylor_ra5 - taylor_reg's with the task loss weighted 0.5 in the distil and FFN stages (what
-               `--recipe trimformer` runs)
+               others distil (what `--recipe trimformer` runs)
+  taylor_ra5 - taylor_reg's with the task loss weighted 0.5 in the distil and FFN stages (the recipe's
+               choice on one seed; over three, 1.2 points behind taylor_reg at x5 and even at x2/x3)
   taylor_dec - taylor_reg's with the Taylor head scores an exponential moving sum (decay 0.97 a step),
                so the ranking follows the model as heads go; taylor_chan, taylor_out and taylor_chl
                build on it (see below)
   taylor_hid - taylor_ra5's plus hidden's layer-wise hidden-state distillation in the three pruning
                stages (ahead of `trimformer` at x5 in the first GPU frontier; at x5 on the CPU -1.8,
                +0.6, -0.7 points against taylor_ra5 on CoLA, SST-2, RTE: bench/results/hidden-cpu)
+  taylor_kd  - taylor_reg's with the distil and FFN stages on the KD loss alone (task loss weight 0;
+               the other side of taylor_reg from taylor_ra5)
   taylor_reg_s1025, taylor_ra5_s1026, ... - the same methods with the stages after the shared
                fine-tune seeded 1025 or 1026 (frontier.md then has means over seeds)
 
@@ -68,6 +70,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from frontier_report import remeasure, write_summary  # noqa: E402
+
+from trimformer.io import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = ["finetune.epochs=3", "finetune.lr=3e-5", "finetune.warmup_ratio=0", "attention.epochs=1",
@@ -114,13 +118,14 @@ TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": []
                   "taylor_out": [*TAYLOR_CHAN, "attention.taylor_blocks=output"],
                   "taylor_chl": [*TAYLOR_CHAN, "attention.allocation=layer"],
                   "taylor_ra5": TAYLOR_RA5,
-                  "taylor_hid": [*TAYLOR_RA5, *HIDDEN]}
+                  "taylor_hid": [*TAYLOR_RA5, *HIDDEN],
+                  "taylor_kd": [*TAYLOR_REG, "distil.alpha=0", "ffn.alpha=0"]}
 # The same methods with the stages after the shared fine-tune seeded differently (data order, dropout):
 # one CoLA point moves 3-4 MCC points from seed to seed, as much as most switches, so the top methods
 # need a few seeds each before one is preferred (frontier.md then adds a table of means over seeds).
 SEEDS = (1025, 1026)
 TARGET_METHODS.update({f"{method}_s{seed}": [*TARGET_METHODS[method], f"seed={seed}"]
-                       for method in ("taylor_reg", "taylor_ra5") for seed in SEEDS})
+                       for method in ("taylor_reg", "taylor_ra5", "taylor_kd") for seed in SEEDS})
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "
@@ -197,10 +202,7 @@ def metric_fields(report: dict) -> dict:
 
 def write_row(path: Path, row: dict) -> None:
     """One result JSON, written to a temp file and renamed (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, indent=2))
-    os.replace(tmp, path)
+    write_json(path, row)
 
 
 def start_point(task: str, method: str, value: float, work: Path, shared: Path) -> Path:

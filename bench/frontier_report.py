@@ -12,9 +12,12 @@ import re
 import statistics
 from pathlib import Path
 
+from trimformer.io import write_atomic, write_json
+
 GOALS = {2.0: 0.5, 3.0: 1.5, 5.0: 3.0}  # the mean drop (points) allowed at each speedup
 # Drawn with solid lines in the plot: the baseline, the first method and what `--recipe trimformer` runs.
-MAIN_METHODS = ("tutorial", "trimformer", "taylor", "taylor_ra5")
+MAIN_METHODS = ("tutorial", "trimformer", "taylor", "taylor_reg")
+SEED_VARIANT = re.compile(r"_s\d+$")  # `taylor_reg_s1025`: a method run at another seed (bench/frontier.py)
 
 
 def is_target_point(row: dict) -> bool:
@@ -71,9 +74,7 @@ def remeasure(results: Path, work: Path, repeats: int) -> None:
         # runs slow, and the ratio drops too (on 2 cores one busy core took CoLA x3 from x3.09 to x2.43).
         row["latency_dense_s"], row["latency_pruned_s"] = result.reference.median_s, result.candidate.median_s
         row["load_average"] = os.getloadavg()[0]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(row, indent=2))
-        os.replace(tmp, path)
+        write_json(path, row)
         print(f"{path.name}: x{row['speedup_at_run']:.2f} at run, x{result.speedup:.2f} now, "
               f"x{row['speedup']:.2f} over {len(row['speedup_timings'])} passes", flush=True)
 
@@ -178,9 +179,7 @@ def write_summary(results: Path, protocol: str) -> None:
     protocol += " Trained on: " + "; ".join(machines) + "."
     text = ("# Frontier\n\n" + protocol + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(comparison_lines(rows))
             + "\n" + "".join(line + "\n" for line in seed_lines(rows) + timing_lines(rows)))
-    tmp = results / "frontier.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, results / "frontier.md")
+    write_atomic(results / "frontier.md", text)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,7 +191,9 @@ def write_summary(results: Path, protocol: str) -> None:
     metric = {r["task"]: r["main_metric"] for r in rows}
     cols, rows_of_panels = min(3, len(tasks)), (len(tasks) + 2) // 3
     fig, axes = plt.subplots(rows_of_panels, cols, figsize=(4.2 * cols, 3.4 * rows_of_panels), squeeze=False)
-    methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "tutorial", m != "trimformer", m))
+    # Seed variants (`M_s1025`) stay out of the plot: their means are frontier.md's seed table.
+    methods = sorted({r["method"] for r in rows if not SEED_VARIANT.search(r["method"])},
+                     key=lambda m: (m != "tutorial", m != "trimformer", m))
     colors = plt.get_cmap("tab20").colors  # a dozen methods outrun the default ten-colour cycle
 
     def style(i: int, method: str) -> dict:
@@ -227,7 +228,7 @@ def write_summary(results: Path, protocol: str) -> None:
             ax.axis("off")
     fig.tight_layout()
     # A 256-colour PNG: a third of the RGBA file's size (the plot is rewritten with every summary and
-    # tracked), the same pixels to the eye. Written to a temp file, then renamed.
+    # tracked), the same pixels to the eye.
     from io import BytesIO
 
     from PIL import Image
@@ -235,9 +236,10 @@ def write_summary(results: Path, protocol: str) -> None:
     rendered = BytesIO()
     fig.savefig(rendered, format="png", dpi=110)
     plt.close(fig)
-    tmp = results / "frontier.png.tmp"
-    Image.open(rendered).convert("RGB").quantize(256).save(tmp, format="PNG", optimize=True)
-    os.replace(tmp, results / "frontier.png")
+    # Points finishing together on a GPU machine each rewrite the summary: a shared temp name raced.
+    quantized = BytesIO()
+    Image.open(rendered).convert("RGB").quantize(256).save(quantized, format="PNG", optimize=True)
+    write_atomic(results / "frontier.png", quantized.getvalue())
 
 
 def mean_by_target(rows: list[dict], tasks: int) -> dict[float, tuple[float, float]]:
@@ -262,7 +264,7 @@ def seed_lines(rows: list[dict]) -> list[str]:
     by_method: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
         if is_target_point(r):
-            base = re.sub(r"_s\d+$", "", r["method"])
+            base = SEED_VARIANT.sub("", r["method"])
             by_method.setdefault(base, {}).setdefault(r["method"], []).append(r)
     lines = []
     for base, variants in sorted(by_method.items()):

@@ -157,3 +157,53 @@ def test_bad_metadata_and_json(saved):
     (saved / "config.json").write_text("{not json")
     with pytest.raises(PrunedModelError, match="config.json"):
         load_pruned(saved)
+
+
+def test_write_atomic_concurrent_writers(tmp_path, monkeypatch):
+    """Writers of one file never share a temp file (points finishing together on a GPU machine each
+    rewrite frontier.png; a fixed `.tmp` name let one rename the other's file away), and a failed write
+    leaves the old file and no temp file behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trimformer import io
+
+    target = tmp_path / "plot.png"
+    payloads = [bytes([i]) * 4096 for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda p: [io.write_atomic(target, p) for _ in range(25)], payloads))
+    assert target.read_bytes() in payloads
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        io.write_json(target, {"a": 1})
+    assert target.read_bytes() in payloads
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_written_files_get_the_umask_mode_not_the_temp_files(tmp_path):
+    """mkstemp / mkdtemp make owner-only entries; renamed into place, a saved model, its masks and
+    JSON would be unreadable to anyone else (found as 0600 report.json and 0700 model folders)."""
+    import os
+    import stat
+
+    from trimformer.distill import save_teacher_logits
+    from trimformer.io import write_json
+    from trimformer.masks import save_masks
+
+    old = os.umask(0o022)
+    try:
+        model, _ = pruned()
+        folder = save_pruned(model, tmp_path / "model")
+        write_json(tmp_path / "report.json", {"a": 1})
+        save_masks(random_masks(tiny_bert(num_layers=2), 0)[0], tmp_path / "masks.safetensors")
+        save_teacher_logits(torch.zeros(4, 2), tmp_path / "logits.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    written = [tmp_path / name for name in ("report.json", "masks.safetensors", "logits.safetensors")]
+    for path in [*folder.iterdir(), *written]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -47,7 +47,7 @@ def test_trimformer_recipe_is_the_frontier_method():
     """`--recipe trimformer` must stay what the frontier measured: the default plus the method's switches."""
     frontier = load_bench("frontier")
     shipped = load_recipe("trimformer").model_dump()
-    measured = load_recipe("default", frontier.TARGET_METHODS["taylor_ra5"]).model_dump()
+    measured = load_recipe("default", frontier.TARGET_METHODS["taylor_reg"]).model_dump()
     assert {**shipped, "name": "default"} == measured
 
 
@@ -60,7 +60,8 @@ def test_every_frontier_method_is_a_valid_recipe():
     assert load_recipe("default", frontier.TARGET_METHODS["taylor_dec"]).attention.taylor_decay == 0.97
     assert load_recipe("trimformer", ["attention.taylor_decay=0.9"]).attention.taylor_decay == 0.9
     assert load_recipe("default", frontier.TARGET_METHODS["taylor_chan"]).ffn.score == "channel"
-    assert load_recipe("trimformer").distil.alpha == 0.5 and load_recipe("default").distil.alpha == 0.1
+    assert load_recipe("default", frontier.TARGET_METHODS["taylor_ra5"]).ffn.alpha == 0.5
+    assert load_recipe("default", frontier.TARGET_METHODS["taylor_kd"]).distil.alpha == 0.0
 
 
 def test_recipe_file(tmp_path):

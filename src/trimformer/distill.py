@@ -19,6 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from trimformer.atomic import plain_mode
+
 __all__ = ["DistillConfig", "compute_teacher_logits", "hidden_loss", "kd_loss", "load_teacher_logits",
            "save_teacher_logits"]
 
@@ -129,6 +131,7 @@ def save_teacher_logits(logits: torch.Tensor, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         save_file({_CACHE_KEY: logits.detach().cpu().contiguous()}, tmp)
+        plain_mode(tmp)  # after the write: safetensors may replace the file it is given
         os.replace(tmp, target)  # readers see the old file or the new one, never half of one
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

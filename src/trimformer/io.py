@@ -21,6 +21,7 @@ from safetensors.torch import save_model
 from torch import nn
 from torch.nn.utils import parametrize
 
+from trimformer.atomic import plain_mode
 from trimformer.shrink import LayerPlan, ShrinkPlan, apply_plan, layer_shapes
 from trimformer.structure import family_of, model_structure
 
@@ -29,13 +30,25 @@ FORMAT_VERSION = 1
 CONFIG, WEIGHTS, PLAN, META = "config.json", "model.safetensors", "plan.json", "trimformer.json"
 
 
-def write_json(path: str | os.PathLike, data: dict) -> None:
-    """Atomic JSON write: temp file, then rename (a crash leaves the old file or none, never half)."""
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write `data` to a uniquely named temp file beside `path`, then rename it over `path`: a crash
+    leaves the old file or none, never half of one, and concurrent writers never share a temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        plain_mode(tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Atomic JSON write (see `write_atomic`)."""
+    write_atomic(path, json.dumps(data, indent=2))
 
 
 class PrunedModelError(ValueError):
@@ -77,6 +90,8 @@ def save_pruned(model: nn.Module, folder: str | os.PathLike, tokenizer=None,
             (tmp / PLAN).write_text(plan.to_json() + "\n")
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "trimformer_version": _version()}
         (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
+        for entry in [tmp, *tmp.rglob("*")]:  # safetensors writes its file owner-only
+            plain_mode(entry, directory=entry.is_dir())
         if folder.exists():
             old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
             os.replace(folder, old / "model")

@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
+from trimformer.atomic import plain_mode
+
 MaskDict = dict[str, dict[str, torch.Tensor]]
 
 
@@ -95,6 +97,7 @@ def save_masks(masks: MaskDict, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         save_file(flat, tmp, metadata={"format": "trimformer-masks"})
+        plain_mode(tmp)  # after the write: safetensors may replace the file it is given
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from trimformer.atomic import plain_mode
 from trimformer.bench import linear_shape
 from trimformer.structure import model_structure
 
@@ -140,6 +141,7 @@ def _atomic_write(path: Path, write: Any, binary: bool = False) -> None:
     """Call ``write(file)`` on a temp file next to ``path``, then rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        plain_mode(tmp)
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
