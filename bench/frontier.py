@@ -46,6 +46,9 @@ Methods:
                +0.6, -0.7 points against taylor_ra5 on CoLA, SST-2, RTE: bench/results/hidden-cpu)
   taylor_kd  - taylor_reg's with the distil and FFN stages on the KD loss alone (task loss weight 0;
                the other side of taylor_reg from taylor_ra5)
+  taylor_rh2 - taylor_reg's with twice the heads' share of the latency budget (`target.head_ratio=2`;
+               not on the GPU yet; CoLA on the CPU, one seed: on taylor ahead by 3.2 MCC points at x3 and
+               behind by 2.6 at x5, bench/results/split-cpu; on taylor_ra5 -1.6 / +0.5, ffnalpha-cpu)
   taylor_reg_s1025, taylor_ra5_s1026, ... - the same methods with the stages after the shared
                fine-tune seeded 1025 or 1026 (frontier.md then has means over seeds)
 
@@ -119,13 +122,14 @@ TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": []
                   "taylor_chl": [*TAYLOR_CHAN, "attention.allocation=layer"],
                   "taylor_ra5": TAYLOR_RA5,
                   "taylor_hid": [*TAYLOR_RA5, *HIDDEN],
-                  "taylor_kd": [*TAYLOR_REG, "distil.alpha=0", "ffn.alpha=0"]}
+                  "taylor_kd": [*TAYLOR_REG, "distil.alpha=0", "ffn.alpha=0"],
+                  "taylor_rh2": [*TAYLOR_REG, "target.head_ratio=2"]}
 # The same methods with the stages after the shared fine-tune seeded differently (data order, dropout):
 # one CoLA point moves 3-4 MCC points from seed to seed, as much as most switches, so the top methods
 # need a few seeds each before one is preferred (frontier.md then adds a table of means over seeds).
 SEEDS = (1025, 1026)
 TARGET_METHODS.update({f"{method}_s{seed}": [*TARGET_METHODS[method], f"seed={seed}"]
-                       for method in ("taylor_reg", "taylor_ra5", "taylor_kd") for seed in SEEDS})
+                       for method in ("taylor_reg", "taylor_ra5", "taylor_kd", "taylor_rh2") for seed in SEEDS})
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "

@@ -33,6 +33,10 @@ def test_comparison_table_and_goal_check():
     text = "\n".join(frontier.comparison_lines(rows))
     assert "| trimformer | x3 | stsb | 3.00x | +1.00 | +7.40 | yes |" in text
     assert "| trimformer | x3 | 1 | 3.00x | +1.00 | <= 1.5 | met | 1 of 1 |" in text
+    # With a second task in the results, a target run on one task only is not judged against the goal.
+    rows.append({"task": "rte", "method": "other", "sweep": {"target_speedup": 3.0}, "speedup": 3.0, "drop": 9.0})
+    text = "\n".join(frontier.comparison_lines(rows))
+    assert "| trimformer | x3 | 1 | 3.00x | +1.00 | <= 1.5 | partial (1 of 2 tasks) | 1 of 1 |" in text
 
 
 def test_summary_writes_table_and_plot(tmp_path):
