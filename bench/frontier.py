@@ -47,8 +47,8 @@ Methods:
   taylor_kd  - taylor_reg's with the distil and FFN stages on the KD loss alone (task loss weight 0;
                the other side of taylor_reg from taylor_ra5)
   taylor_rh2 - taylor_reg's with twice the heads' share of the latency budget (`target.head_ratio=2`;
-               not on the GPU yet; CoLA on the CPU, one seed: on taylor ahead by 3.2 MCC points at x3 and
-               behind by 2.6 at x5, bench/results/split-cpu; on taylor_ra5 -1.6 / +0.5, ffnalpha-cpu)
+               not on the GPU yet; CoLA x3 on the CPU ahead on three seeds, +2.7 MCC points on average,
+               bench/results/heads2-cpu; at x5 behind by 2.6 on one seed, split-cpu)
   taylor_reg_s1025, taylor_ra5_s1026, ... - the same methods with the stages after the shared
                fine-tune seeded 1025 or 1026 (frontier.md then has means over seeds)
 
