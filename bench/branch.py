@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from frontier import ROOT, STAGES, Harness, base_cmd, branch_dir, method_overrides, metric_fields, run, write_row  # noqa: E402
+from frontier import ROOT, STAGES, Harness, base_cmd, branch_dir, method_overrides, metric_fields, run  # noqa: E402
+
+from trimformer.io import write_json  # noqa: E402
 
 
 def stage_metrics(out: Path) -> dict[str, dict]:
@@ -103,7 +105,7 @@ def main() -> None:
     run(cmd)
     row = branch_row(args, source, out, time.perf_counter() - start,
                      " ".join(str(c) for c in cmd).replace(sys.executable, "python"))
-    write_row(result, row)
+    write_json(result, row)
     print(json.dumps({k: row.get(k) for k in ("task", "point", "branch", "pruned_metric", "drop", "stop_after")}))
 
 

@@ -204,11 +204,6 @@ def metric_fields(report: dict) -> dict:
     return {"main_metric": main, "dense_metric": dense, "pruned_metric": pruned, "drop": 100 * (dense - pruned)}
 
 
-def write_row(path: Path, row: dict) -> None:
-    """One result JSON, written to a temp file and renamed (never half-written)."""
-    write_json(path, row)
-
-
 def start_point(task: str, method: str, value: float, work: Path, shared: Path) -> Path:
     """The point's folder, ready to resume: new ones start from the shared fine-tune, or, for a
     method in SAME_UNTIL, from the other method's point where that has finished the stage."""
@@ -298,7 +293,7 @@ def main() -> None:
                 row = one_point(task, method, value, harness, args.stop_after)
                 if row is None:
                     continue
-                write_row(path, row)
+                write_json(path, row)
                 print(json.dumps(row))
                 write_summary(results, PROTOCOL_NOTE)
     write_summary(results, PROTOCOL_NOTE)

@@ -12,7 +12,8 @@ import re
 import statistics
 from pathlib import Path
 
-from trimformer.io import write_atomic, write_json
+from trimformer.atomic import write_atomic
+from trimformer.io import write_json
 
 GOALS = {2.0: 0.5, 3.0: 1.5, 5.0: 3.0}  # the mean drop (points) allowed at each speedup
 # Drawn with solid lines in the plot: the baseline, the first method and what `--recipe trimformer` runs.

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from trimformer.atomic import plain_mode
+from trimformer.atomic import replaced
 
 __all__ = ["DistillConfig", "compute_teacher_logits", "hidden_loss", "kd_loss", "load_teacher_logits",
            "save_teacher_logits"]
@@ -125,17 +123,8 @@ def compute_teacher_logits(teacher: nn.Module, dataset: Dataset, collate_fn: Any
 
 def save_teacher_logits(logits: torch.Tensor, path: str | os.PathLike) -> None:
     """Write logits to a safetensors file atomically (temp file in the same folder, then os.replace)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({_CACHE_KEY: logits.detach().cpu().contiguous()}, tmp)
-        plain_mode(tmp)  # after the write: safetensors may replace the file it is given
-        os.replace(tmp, target)  # readers see the old file or the new one, never half of one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replaced(path) as tmp:  # readers see the old file or the new one, never half of one
+        save_file({_CACHE_KEY: logits.detach().cpu().contiguous()}, str(tmp))
 
 
 def load_teacher_logits(path: str | os.PathLike, expected_rows: int | None = None) -> torch.Tensor:

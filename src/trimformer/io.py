@@ -21,7 +21,7 @@ from safetensors.torch import save_model
 from torch import nn
 from torch.nn.utils import parametrize
 
-from trimformer.atomic import plain_mode
+from trimformer.atomic import plain_mode, write_atomic
 from trimformer.shrink import LayerPlan, ShrinkPlan, apply_plan, layer_shapes
 from trimformer.structure import family_of, model_structure
 
@@ -30,24 +30,8 @@ FORMAT_VERSION = 1
 CONFIG, WEIGHTS, PLAN, META = "config.json", "model.safetensors", "plan.json", "trimformer.json"
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write `data` to a uniquely named temp file beside `path`, then rename it over `path`: a crash
-    leaves the old file or none, never half of one, and concurrent writers never share a temp file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        plain_mode(tmp)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: str | os.PathLike, data: dict) -> None:
-    """Atomic JSON write (see `write_atomic`)."""
+    """Atomic JSON write (`trimformer.atomic.write_atomic`)."""
     write_atomic(path, json.dumps(data, indent=2))
 
 

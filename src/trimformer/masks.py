@@ -9,7 +9,6 @@ under ``parametrizations``. They are saved as safetensors (``"<module>.weight"``
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from trimformer.atomic import plain_mode
+from trimformer.atomic import replaced
 
 MaskDict = dict[str, dict[str, torch.Tensor]]
 
@@ -91,17 +90,8 @@ def save_masks(masks: MaskDict, path: str | os.PathLike) -> None:
     """Write masks to a safetensors file atomically (temp file, then rename)."""
     flat = {f"{name}.{tensor_name}": t.detach().cpu().contiguous().to(torch.uint8)
             for name, tensors in masks.items() for tensor_name, t in tensors.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(flat, tmp, metadata={"format": "trimformer-masks"})
-        plain_mode(tmp)  # after the write: safetensors may replace the file it is given
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with replaced(path) as tmp:
+        save_file(flat, str(tmp), metadata={"format": "trimformer-masks"})
 
 
 def load_masks(path: str | os.PathLike) -> MaskDict:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from trimformer.atomic import plain_mode
+from trimformer.atomic import replaced
 from trimformer.bench import linear_shape
 from trimformer.structure import model_structure
 
@@ -139,17 +138,10 @@ def total_sparsity(dense_model: nn.Module, pruned_model: nn.Module) -> float:
 
 def _atomic_write(path: Path, write: Any, binary: bool = False) -> None:
     """Call ``write(file)`` on a temp file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        plain_mode(tmp)
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replaced(path) as tmp, open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _fmt(value: float, digits: int = 4) -> str:
