@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from trimformer.allocate import global_head_keep
-from trimformer.glue import encode, get_task, load_split, make_collator
+from trimformer.glue import GlueDataset, encode, get_task, load_split, make_collator
 from trimformer.io import write_json
 from trimformer.structure import model_structure
 from trimformer.target import shape_on_line
-from trimformer.train import model_inputs, task_loss
+from trimformer.train import model_inputs, predict, task_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,6 @@ def taylor_scores(model, st, spec, train_batches) -> tuple[list[torch.Tensor], l
     """Per layer: |sum of w * dL/dw| over each head's columns of the attention output and each FFN
     channel's column of the FFN output, summed over batches: the first-order change of the loss when
     that head's or channel's contribution is zeroed, which is what the probe then does."""
-    mods = dict(model.named_modules())
     heads = [torch.zeros(st.num_heads) for _ in st.layers]
     channels = [torch.zeros(st.intermediate_size) for _ in st.layers]
     for batch in train_batches:
@@ -54,7 +53,8 @@ def taylor_scores(model, st, spec, train_batches) -> tuple[list[torch.Tensor], l
         task_loss(spec, model(**model_inputs(batch)).logits, batch["labels"]).backward()
         with torch.no_grad():
             for i, layer in enumerate(st.layers):
-                attn_out, ffn_out = mods[layer.attn_out].weight, mods[layer.ffn_out].weight
+                attn_out = model.get_submodule(layer.attn_out).weight
+                ffn_out = model.get_submodule(layer.ffn_out).weight
                 heads[i] += (attn_out * attn_out.grad).sum(0).reshape(st.num_heads, -1).sum(1).abs()
                 channels[i] += (ffn_out * ffn_out.grad).sum(0).abs()
     model.zero_grad()
@@ -65,12 +65,11 @@ def taylor_scores(model, st, spec, train_batches) -> tuple[list[torch.Tensor], l
 def zeroed(model, st, keep_heads: list[torch.Tensor], keep_channels: list[torch.Tensor]):
     """Inside: the heads and FFN channels whose keep is 0 contribute nothing (their columns of the
     attention and FFN outputs are zero, as if cut; the output biases stay). After: the weights as before."""
-    mods = dict(model.named_modules())
     saved = {}
     with torch.no_grad():
         for layer, kh, kc in zip(st.layers, keep_heads, keep_channels, strict=True):
             for name, keep in ((layer.attn_out, kh.repeat_interleave(st.head_dim)), (layer.ffn_out, kc)):
-                weight = mods[name].weight
+                weight = model.get_submodule(name).weight
                 saved[name] = weight.clone()
                 weight.mul_(keep.to(weight.dtype))
     try:
@@ -78,12 +77,13 @@ def zeroed(model, st, keep_heads: list[torch.Tensor], keep_channels: list[torch.
     finally:
         with torch.no_grad():
             for name, weight in saved.items():
-                mods[name].weight.copy_(weight)
+                model.get_submodule(name).weight.copy_(weight)
 
 
-@torch.no_grad()
-def outputs(model, features, collate, batch_size) -> torch.Tensor:
-    return torch.cat([model(**model_inputs(b)).logits for b in batches(features, collate, batch_size)])
+def outputs(model, features: list, collate) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels over `features`, in order (`trimformer.train.predict`)."""
+    logits, labels = predict(model, GlueDataset(features), collate)
+    return torch.from_numpy(logits), torch.from_numpy(labels)
 
 
 def distance(spec, logits: torch.Tensor, dense: torch.Tensor) -> float:
@@ -99,10 +99,9 @@ def probe_split(model, st, spec, heads, channels, n_heads, n_ffn, features, coll
     keep_heads = global_head_keep(heads, 1 - n_heads / st.num_heads)
     keep_channels = global_head_keep(channels, 1 - n_ffn / st.intermediate_size)
     with zeroed(model, st, keep_heads, keep_channels):
-        logits = outputs(model, features, collate, 64)
+        logits, labels = outputs(model, features, collate)
     pairs = zip([*heads, *channels], [*keep_heads, *keep_channels], strict=True)
     removed = sum(float(score[keep == 0].sum()) for score, keep in pairs)
-    labels = torch.tensor([f["labels"] for f in features])
     return {"heads_kept": [int(k.sum()) for k in keep_heads], "ffn_kept": [int(k.sum()) for k in keep_channels],
             "output_distance": distance(spec, logits, dense), "task_loss": task_loss(spec, logits, labels).item(),
             "removed_taylor": removed}
@@ -136,7 +135,7 @@ def main() -> None:
         collate = make_collator(tokenizer)
         st = model_structure(model)
         heads, channels = taylor_scores(model, st, spec, batches(scored, collate, 32))
-        dense = outputs(model, held, collate, 64)
+        dense, _ = outputs(model, held, collate)
         for ratio in args.ratios:
             n_heads, n_ffn = shape_on_line(st, target["calibration"], args.target, target["seq_len"], 1, ratio)
             row = {"task": task, "target": args.target, "head_ratio": ratio, "heads": n_heads, "ffn": n_ffn,
