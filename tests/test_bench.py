@@ -151,3 +151,30 @@ def test_compare_latency_of_a_model_with_itself_is_about_one():
 def test_compare_latency_across_families():
     result = compare_latency(tiny_bert(), tiny_distilbert(), batch_size=B, seq_len=S, warmup=1, repeats=3)
     assert result.speedup > 0
+
+
+def test_compiled_timing_compiles_each_model_and_restores_it(monkeypatch):
+    """`compile=True` times `torch.compile`d models (here the eager backend: no C++ toolchain needed,
+    the plumbing is the same) and leaves the caller's models as they were."""
+    calls = []
+    real = torch.compile
+
+    def spy(model, **kwargs):
+        calls.append((model, kwargs.get("mode")))
+        return real(model, **{**kwargs, "backend": "eager"})
+
+    monkeypatch.setattr(torch, "compile", spy)
+    dense, cut = tiny_bert(), tiny_bert()
+    _halve_ffn(cut, 0)
+    cut.train()
+    result = compare_latency(dense, cut, batch_size=B, seq_len=S, warmup=1, repeats=3, compile=True)
+    assert [m for m, _ in calls] == [dense, cut] and all(mode is None for _, mode in calls)  # CPU: no CUDA graphs
+    assert result.reference.n == result.candidate.n == 3 and result.speedup > 0
+    assert cut.training and not dense.training and type(cut).__name__ == "BertForSequenceClassification"
+
+
+def test_timing_on_a_missing_gpu_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        measure_latency(tiny_bert(), batch_size=B, seq_len=S, device="cuda")

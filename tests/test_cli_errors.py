@@ -16,6 +16,7 @@ from trimformer.cli import main
     (["--task", "mnli"], "MNLI"),
     (["--task", "imdb"], "imdb"),
     (["--glue-dir", "/nonexistent/glue"], "/nonexistent/glue"),
+    (["--recipe", "smoke", "bench.device=tpu"], "bench.device"),
 ])
 def test_run_input_errors_exit_2(tmp_path, capsys, args, fragment):
     glue_dir = write_sst2(tmp_path / "glue")
@@ -52,3 +53,17 @@ def test_eval_and_bench_on_missing_model(tmp_path, capsys):
     assert main(["bench", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing"), "--task", "sst2"]) == 2
+
+
+def test_timing_on_a_missing_gpu_exits_2_before_training(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    glue_dir = write_sst2(tmp_path / "glue")
+    out = tmp_path / "out"
+    assert main(["run", "--output-dir", str(out), "--glue-dir", str(glue_dir), "--recipe", "smoke",
+                 "bench.device=cuda"]) == 2
+    assert "bench.device=cuda" in capsys.readouterr().err and not (out / "stages").exists()
+    assert main(["bench", str(tmp_path / "any"), "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err  # not the missing model: the device comes first

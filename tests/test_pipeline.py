@@ -230,6 +230,26 @@ def test_target_head_ratio_re_splits_a_saved_latency_choice(tmp_path):
     assert f"{heads} heads and {ffn} FFN channels per layer (head ratio 3" in log_text
 
 
+def test_ffn_multiple_lands_every_layer_exactly_on_a_multiple(tmp_path):
+    """`target.ffn_multiple` re-splits a saved latency choice to an FFN width that is a multiple of it,
+    and the per-layer FFN rounds end exactly there: 64 -> 42 channels in three rounds of equal share
+    rounds to 43 unless the last round cuts to the target itself."""
+    from trimformer.bench import layer_widths
+    from trimformer.io import load_pruned
+
+    glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out"
+    out.mkdir()
+    line = [[x, 1.0 / (0.1 + 0.9 * x)] for x in (0.3, 0.5, 0.7)]
+    (out / "target.json").write_text(json.dumps({"target_speedup": 1.5, "heads": 3, "ffn": 32, "seq_len": 8,
+                                                 "measured_speedup": 1.5, "calibration": line}))
+    assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe",
+                 "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "--target-speedup", "1.5",
+                 "target.ffn_multiple=21", "--stop-after", "ffn", "--resume"]) == 0
+    heads, ffn = layer_widths(load_pruned(out / "stages" / "ffn" / "model"))
+    assert heads == [3, 3] and ffn == [42, 42]
+
+
 def test_regression_trains_on_labels_when_distill_regression_is_off(tmp_path):
     """`distill_regression=false` on STS-B is exactly the stages with KD switched off by hand (attention
     without distillation, distil and FFN at alpha 1), and differs from distilling."""

@@ -71,3 +71,20 @@ def test_ffn_round_config_per_layer_and_global():
     assert ffn_round_config({"a": 0.0, "b": 0.0}, 12, "global") == []
     with pytest.raises(ValueError, match="one FFN sparsity"):
         ffn_round_config({"a": 0.5, "b": 0.75}, 12, "global")
+
+
+def test_the_last_per_layer_round_lands_exactly_on_the_target():
+    def final_width(full: int, kept: int, rounds: int, exact_last: bool) -> int:
+        targets, width = {"a": 1 - kept / full}, full
+        for r in range(rounds):
+            last = ({"a": width}, full) if exact_last and r == rounds - 1 else None
+            (entry,) = ffn_round_config(targets, rounds, "layer", last)
+            width -= int(round(entry["sparsity"] * width))  # what topk_keep removes
+        return width
+
+    assert final_width(1536, 512, 12, exact_last=False) == 511  # equal shares, rounded each round
+    assert final_width(1536, 512, 12, exact_last=True) == 512
+    assert final_width(64, 42, 3, exact_last=True) == 42
+    # global allocation keeps its one ranking: the last round is not made per layer
+    (group,) = ffn_round_config({"a": 0.5, "b": 0.5}, 12, "global", ({"a": 40, "b": 40}, 64))
+    assert group["op_names"] == ["a", "b"]

@@ -10,6 +10,7 @@ models in one process, on the same inputs and threads, with interleaved repeats.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Iterator
@@ -199,6 +200,14 @@ def _timed_call(model: nn.Module, inputs: dict[str, torch.Tensor], device: torch
     return time.perf_counter() - start
 
 
+def _runner(model: nn.Module, device: torch.device, compiled: bool) -> nn.Module:
+    if not compiled:
+        return model
+    # On a GPU, "reduce-overhead" replays CUDA graphs: eager calls at these sizes are bound by kernel
+    # launches (a pruned BERT timed no faster than the dense one), so graphs show what the cuts save.
+    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+
+
 def _check_args(batch_size: int, seq_len: int, warmup: int, repeats: int) -> None:
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
@@ -207,27 +216,41 @@ def _check_args(batch_size: int, seq_len: int, warmup: int, repeats: int) -> Non
 
 
 def time_models(models: tuple[nn.Module, ...], batch_size: int, seq_len: int, threads: int | None = None,
-                warmup: int = 3, repeats: int = 10, device: str | torch.device = "cpu") -> list[LatencyStats]:
+                warmup: int = 3, repeats: int = 10, device: str | torch.device = "cpu", bf16: bool = False,
+                compile: bool = False) -> list[LatencyStats]:
     """Time models on shared inputs (valid tokens for all), repeats interleaved so that drift
-    hits every model alike; restores threads and train flags. Ratios of medians are the speedups."""
+    hits every model alike; restores threads and train flags. Ratios of medians are the speedups.
+    `bf16` autocasts the forward; `compile` times each model under `torch.compile` (on CUDA with
+    CUDA graphs), compiled afresh per call, the first calls of the warm-up (at least 3) compiling."""
     _check_args(batch_size, seq_len, warmup, repeats)
     dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"latency on {dev} asked for, but torch sees no CUDA device")
     was_training = [m.training for m in models]
     old_threads = torch.get_num_threads()
     inputs = _random_inputs(models, batch_size, seq_len, dev)
     times: list[list[float]] = [[] for _ in models]
+    limits = contextlib.nullcontext()
+    if compile:
+        warmup = max(warmup, 3)
+        torch._dynamo.reset()  # fresh caches: no earlier shape counts against the recompile limit
+        # Uneven layers compile a graph each; never fall back to eager silently (it would time eager).
+        limits = torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True)
     try:
         if threads is not None:
             torch.set_num_threads(threads)
         for m in models:
             m.to(dev).eval()
-        with torch.inference_mode():
-            for m in models:
+        runners = [_runner(m, dev, compile) for m in models]
+        # torch.compile traces under no_grad; inference_mode tensors are for eager only.
+        with limits, (torch.no_grad() if compile else torch.inference_mode()), \
+                torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            for m in runners:
                 for _ in range(warmup):
                     m(**inputs)
             # Interleave so that drift (thermal, other load) hits every model alike.
             for _ in range(repeats):
-                for i, m in enumerate(models):
+                for i, m in enumerate(runners):
                     times[i].append(_timed_call(m, inputs, dev))
     finally:
         torch.set_num_threads(old_threads)
@@ -237,18 +260,20 @@ def time_models(models: tuple[nn.Module, ...], batch_size: int, seq_len: int, th
 
 
 def measure_latency(model: nn.Module, batch_size: int = 32, seq_len: int = 128, threads: int | None = None,
-                    warmup: int = 3, repeats: int = 10, device: str | torch.device = "cpu") -> LatencyStats:
+                    warmup: int = 3, repeats: int = 10, device: str | torch.device = "cpu", bf16: bool = False,
+                    compile: bool = False) -> LatencyStats:
     """Seconds per forward pass on random tokens with a full attention mask (eval, inference mode).
 
     The model is moved to ``device`` (in place). ``threads`` sets torch's intra-op threads for the
     measurement only. For speedups use :func:`compare_latency`, not two calls of this.
     """
-    return time_models((model,), batch_size, seq_len, threads, warmup, repeats, device)[0]
+    return time_models((model,), batch_size, seq_len, threads, warmup, repeats, device, bf16, compile)[0]
 
 
 def compare_latency(reference: nn.Module, candidate: nn.Module, batch_size: int = 32, seq_len: int = 128,
                     threads: int | None = None, warmup: int = 3, repeats: int = 10,
-                    device: str | torch.device = "cpu") -> LatencyComparison:
+                    device: str | torch.device = "cpu", bf16: bool = False, compile: bool = False) -> LatencyComparison:
     """Time two models on the same inputs and threads, repeats interleaved; speedup = ref / cand median."""
-    ref, cand = time_models((reference, candidate), batch_size, seq_len, threads, warmup, repeats, device)
+    ref, cand = time_models((reference, candidate), batch_size, seq_len, threads, warmup, repeats, device, bf16,
+                            compile)
     return LatencyComparison(reference=ref, candidate=cand, speedup=ref.median_s / cand.median_s)

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ...")
     run.add_argument("--bf16", action="store_true", help="bf16 autocast while training (GPUs)")
     run.add_argument("--target-speedup", type=float,
-                     help="choose heads and FFN width per layer so the measured CPU speedup is this")
+                     help="choose heads and FFN width per layer so the measured speedup is this (timed on "
+                          "the CPU, or as the recipe's bench section says: bench.device=cuda bench.compile=true)")
     run.add_argument("overrides", nargs="*", help="recipe overrides as key=value, e.g. attention.sparsity=0.6")
     ev = sub.add_parser("eval", help="evaluate a saved model on a GLUE dev set")
     ev.add_argument("model_dir")
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--threads", type=int)
+    bench.add_argument("--device", default="cpu", help="cpu or cuda (time there)")
+    bench.add_argument("--bf16", action="store_true", help="autocast the timed forwards to bfloat16")
+    bench.add_argument("--compile", action="store_true", help="time under torch.compile (CUDA graphs on a GPU)")
     return parser
 
 
@@ -98,6 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         processes = int(os.environ.get("WORLD_SIZE", "1"))
         overrides.append(f"train_batch_size={args.per_device_train_batch_size * processes}")
     recipe = load_recipe(args.recipe, overrides)
+    if recipe.bench.device == "cuda" and not torch_cuda_available():  # before hours of training, not after
+        raise UsageError("bench.device=cuda: torch sees no CUDA device to time the speedup on")
     output_dir = Path(args.output_dir or f"runs/{args.task.lower().replace('-', '')}")
     if output_dir.exists() and any(output_dir.iterdir()) and not args.resume and not _is_other_rank():
         raise UsageError(f"output folder {output_dir} is not empty: pass --resume to continue it, "
@@ -124,6 +130,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(Path(output_dir / "report.md").read_text())
     print(f"model: {report.model_dir}\nreport: {output_dir / 'report.json'}")
     return 0
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _is_other_rank() -> bool:
@@ -166,16 +178,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from trimformer.bench import compare_latency, size_report
     from trimformer.io import load_pruned
 
+    if args.device.startswith("cuda") and not torch_cuda_available():
+        raise UsageError("--device cuda: torch sees no CUDA device here")
     model = load_pruned(args.model_dir)
     dense = dense_reference(args.model_dir)
     sizes = size_report(dense, model, args.batch_size, args.seq_len)
-    latency = compare_latency(dense, model, args.batch_size, args.seq_len, args.threads, args.warmup, args.repeats)
+    latency = compare_latency(dense, model, args.batch_size, args.seq_len, args.threads, args.warmup, args.repeats,
+                              args.device, args.bf16, args.compile)
     result = {
         "model_dir": args.model_dir, "batch_size": args.batch_size, "seq_len": args.seq_len,
         "params": {"dense": sizes.params_before, "model": sizes.params_after},
         "flops": {"dense": sizes.flops_before.total, "model": sizes.flops_after.total, "ratio": sizes.flops_ratio},
         "latency_s": {"dense": latency.reference.median_s, "model": latency.candidate.median_s},
         "speedup": latency.speedup, "repeats": args.repeats, "threads": args.threads,
+        "device": args.device, "bf16": args.bf16, "compile": args.compile,
     }
     print(json.dumps(result, indent=2))
     return 0

@@ -81,7 +81,11 @@ def run_ffn_stage(run: Run) -> None:
             device=run.device, desc=desc, teacher=teacher, **kwargs)
 
     for r in range(done_rounds, section.rounds):
-        config = ffn_round_config(targets, section.rounds, section.allocation)
+        last = None
+        if r == section.rounds - 1:
+            widths = {name: model.get_submodule(name).out_features for name in targets}
+            last = (widths, model_structure(model).intermediate_size)
+        config = ffn_round_config(targets, section.rounds, section.allocation, last)
         scorer = ChannelTaylorImportance.for_ffn(model, targets) if section.score == "channel" else None
         pruner = Pruner(model, config, importance=scorer or "taylor", granularity="out_channel")
         accumulate = (scorer or pruner.taylor).accumulate

@@ -259,18 +259,20 @@ class Run:
             if dist.is_main():
                 bench = self.recipe.bench
                 choice = choose_shape(dense, self.options.target_speedup, bench.batch_size, bench.seq_len,
-                                      bench.threads, repeats=bench.repeats, head_ratio=head_ratio)
+                                      bench.threads, repeats=bench.repeats, head_ratio=head_ratio,
+                                      ffn_multiple=self.recipe.target.ffn_multiple, device=bench.device,
+                                      bf16=bench.bf16, compile=bench.compile)
                 write_json(path, choice.to_dict())
             dist.barrier()
         choice = json.loads(path.read_text())
         st = model_structure(dense)
         heads, ffn = choice["heads"], choice["ffn"]
-        if choice.get("head_ratio", 1.0) != head_ratio:
+        if choice.get("head_ratio", 1.0) != head_ratio or ffn % self.recipe.target.ffn_multiple:
             # The line's FLOPs fractions were counted at the length the shapes were timed at, which
             # may not be this run's bench.seq_len (the GPU frontier times a token 4 x 32 at the end).
             seq_len = choice.get("seq_len") or self.recipe.bench.seq_len
             heads, ffn = shape_on_line(st, choice["calibration"], choice["target_speedup"], seq_len,
-                                       head_ratio=head_ratio)
+                                       self.recipe.target.ffn_multiple, head_ratio)
         self.recipe.attention.mode = "hard"
         self.recipe.attention.sparsity = 1 - heads / st.num_heads
         self.recipe.ffn.rule = "fixed"

@@ -141,11 +141,18 @@ class Ffn(StageTrain):
 
 
 class Bench(_Strict):
+    """How the report's speedup and `--target-speedup`'s shapes are timed (dense and pruned in one
+    process): the input shape, and where. On a GPU time with `compile: true` (CUDA graphs; eager calls
+    at these sizes are launch-bound) and usually `bf16: true`."""
+
     batch_size: int = Field(32, ge=1)
     seq_len: int = Field(128, ge=1)
     warmup: int = Field(2, ge=0)
     repeats: int = Field(10, ge=1)
     threads: int | None = None
+    device: Literal["cpu", "cuda"] = "cpu"
+    bf16: bool = False  # autocast the timed forwards to bfloat16
+    compile: bool = False  # time each model under torch.compile (CUDA graphs on a GPU)
 
 
 class Target(_Strict):
@@ -154,6 +161,9 @@ class Target(_Strict):
     # The heads' kept share over the FFN channels' (1: both cut alike; 2: each layer keeps twice the
     # share of its heads that it keeps of its channels, at the same FLOPs, so fewer channels).
     head_ratio: float = Field(1.0, gt=0)
+    # The FFN width is a multiple of this (GPU kernels want multiples of 64: an FFN of 1,100 channels
+    # ran 1.6x slower than 1,088 on an H200). Exact per layer with `ffn.allocation: layer`.
+    ffn_multiple: int = Field(1, ge=1)
 
 
 class Recipe(_Strict):

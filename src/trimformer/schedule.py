@@ -100,9 +100,16 @@ def ffn_layer_sparsities(ffn_names: list[str], heads_kept: list[int], num_heads:
     return targets
 
 
-def ffn_round_config(targets: dict[str, float], rounds: int, allocation: str) -> list[dict]:
+def ffn_round_config(targets: dict[str, float], rounds: int, allocation: str,
+                     last_round: tuple[dict[str, int], int] | None = None) -> list[dict]:
     """One FFN round's config list: each layer its own per-round share, or one global ranking
-    (`allocation="global"`, which needs one sparsity for all layers)."""
+    (`allocation="global"`, which needs one sparsity for all layers). `last_round` = (each layer's
+    current width, the full width): per layer, cut to exactly round((1 - target) * full width)
+    channels, so the rounding of twelve rounds cannot leave a layer a channel off its target."""
+    if last_round is not None and allocation != "global":
+        widths, full = last_round
+        return [{"op_names": [name], "sparsity": max(0.0, 1 - round((1 - t) * full) / widths[name])}
+                for name, t in targets.items() if t > 0]
     if allocation == "global":
         if len(set(targets.values())) != 1:
             raise ValueError("ffn.allocation=global needs one FFN sparsity for all layers (rule: fixed)")

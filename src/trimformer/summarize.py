@@ -27,14 +27,14 @@ def summarize(run: Run) -> RunReport:
     shutil.copytree(run.stage_dir("final_distil") / "model", final_dir)
     dense = load_pruned(run.stage_dir("finetune") / "model")
     pruned = load_pruned(final_dir)
-    pruned_metrics = run.evaluate(load_pruned(final_dir, run.device))  # latency below is always on the CPU
+    pruned_metrics = run.evaluate(load_pruned(final_dir, run.device))  # latency below on bench.device
     bench = recipe.bench
     speedups: dict[str, float] = {}
     latency = None
     for shape_stage in ("heads", "ffn"):
         candidate = pruned if shape_stage == "ffn" else load_pruned(run.stage_dir(shape_stage) / "model")
         comparison = compare_latency(dense, candidate, bench.batch_size, bench.seq_len, bench.threads,
-                                     bench.warmup, bench.repeats)
+                                     bench.warmup, bench.repeats, bench.device, bench.bf16, bench.compile)
         speedups[shape_stage] = comparison.speedup
         if shape_stage == "ffn":
             latency = comparison
@@ -59,7 +59,8 @@ def summarize(run: Run) -> RunReport:
         latency_dense_s=latency.reference.median_s, latency_pruned_s=latency.candidate.median_s,
         speedup=latency.speedup, stage_seconds=stage_seconds, model_dir=str(Path(final_dir).resolve()),
         points=points, extra={"recipe": recipe.name, "bench_batch_size": bench.batch_size,
-                              "bench_seq_len": bench.seq_len, "bench_repeats": bench.repeats},
+                              "bench_seq_len": bench.seq_len, "bench_repeats": bench.repeats,
+                              "bench_device": bench.device, "bench_bf16": bench.bf16, "bench_compile": bench.compile},
     )
     target = out / "target.json"
     if target.is_file():

@@ -107,15 +107,17 @@ def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 def choose_shape(model: nn.Module, target_speedup: float, batch_size: int = 32, seq_len: int = 128,
                  threads: int | None = None, repeats: int = 10, ffn_multiple: int = 1,
-                 head_ratio: float = 1.0) -> ShapeChoice:
-    """Pick the uniform shape whose measured speedup over `model` is closest to the target."""
+                 head_ratio: float = 1.0, *, device: str = "cpu", bf16: bool = False,
+                 compile: bool = False) -> ShapeChoice:
+    """Pick the uniform shape whose measured speedup over `model` is closest to the target, timed
+    on `device` (`bf16`, `compile`: as in `trimformer.bench.time_models`)."""
     if target_speedup <= 1.0:
         raise ValueError(f"target speedup must be above 1, got {target_speedup}")
     st = model_structure(model)
 
     def measure(heads: int, ffn: int) -> float:
         result = compare_latency(model, shaped_copy(model, heads, ffn), batch_size, seq_len, threads,
-                                 warmup=1, repeats=repeats)
+                                 warmup=1, repeats=repeats, device=device, bf16=bf16, compile=compile)
         return result.speedup
 
     points: list[tuple[float, float]] = []
