@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 from transformers import AutoTokenizer
 
 from trimformer.glue import GlueDataset, compute_metrics, encode, get_task, load_split, make_collator
@@ -45,19 +46,6 @@ def per_example(spec, logits: np.ndarray, teacher: np.ndarray, labels: np.ndarra
             "kd": kl.numpy()}
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Probability that a random positive outranks a random negative (ties count half)."""
-    order = scores.argsort(kind="stable")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    for value in np.unique(scores):  # average ranks over ties
-        tied = scores == value
-        ranks[tied] = ranks[tied].mean()
-    positives = labels == 1
-    n_pos, n_neg = positives.sum(), (~positives).sum()
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def best_threshold_metric(spec, logits: np.ndarray, labels: np.ndarray) -> float:
     """The main metric at the best of 97 margin quantiles as the decision threshold (an oracle)."""
     margin = logits[:, 1] - logits[:, 0]
@@ -73,7 +61,7 @@ def side(spec, model, data, collate, teacher: np.ndarray, labels: np.ndarray) ->
     row = {"logits": logits, "metric": compute_metrics(spec, logits, labels)[spec.main_metric],
            **per_example(spec, logits, teacher, labels)}
     if spec.num_labels == 2:
-        row["auc"] = auc(logits[:, 1] - logits[:, 0], labels)
+        row["auc"] = float(roc_auc_score(labels, logits[:, 1] - logits[:, 0]))
         row["best_threshold_metric"] = best_threshold_metric(spec, logits, labels)
     return row
 

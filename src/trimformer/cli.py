@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         processes = int(os.environ.get("WORLD_SIZE", "1"))
         overrides.append(f"train_batch_size={args.per_device_train_batch_size * processes}")
     recipe = load_recipe(args.recipe, overrides)
-    if recipe.bench.device == "cuda" and not torch_cuda_available():  # before hours of training, not after
+    if recipe.bench.device == "cuda" and not _cuda_available():  # before hours of training, not after
         raise UsageError("bench.device=cuda: torch sees no CUDA device to time the speedup on")
     output_dir = Path(args.output_dir or f"runs/{args.task.lower().replace('-', '')}")
     if output_dir.exists() and any(output_dir.iterdir()) and not args.resume and not _is_other_rank():
@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def torch_cuda_available() -> bool:
+def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
@@ -178,7 +178,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from trimformer.bench import compare_latency, size_report
     from trimformer.io import load_pruned
 
-    if args.device.startswith("cuda") and not torch_cuda_available():
+    if args.device.startswith("cuda") and not _cuda_available():
         raise UsageError("--device cuda: torch sees no CUDA device here")
     model = load_pruned(args.model_dir)
     dense = dense_reference(args.model_dir)
