@@ -57,8 +57,9 @@ def best_threshold_metric(spec, logits: np.ndarray, labels: np.ndarray) -> float
 
 
 def side(spec, model, data, collate, teacher: np.ndarray, labels: np.ndarray) -> dict:
+    """One model on one set: its main metric, per-example losses and (binary tasks) AUC and oracle."""
     logits, _ = predict(model, data, collate)
-    row = {"logits": logits, "metric": compute_metrics(spec, logits, labels)[spec.main_metric],
+    row = {"metric": compute_metrics(spec, logits, labels)[spec.main_metric],
            **per_example(spec, logits, teacher, labels)}
     if spec.num_labels == 2:
         row["auc"] = float(roc_auc_score(labels, logits[:, 1] - logits[:, 0]))
