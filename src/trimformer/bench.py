@@ -267,13 +267,13 @@ def measure_latency(model: nn.Module, batch_size: int = 32, seq_len: int = 128, 
     The model is moved to ``device`` (in place). ``threads`` sets torch's intra-op threads for the
     measurement only. For speedups use :func:`compare_latency`, not two calls of this.
     """
-    return time_models((model,), batch_size, seq_len, threads, warmup, repeats, device, bf16, compile)[0]
+    return time_models((model,), batch_size, seq_len, threads, warmup, repeats, device, bf16=bf16, compile=compile)[0]
 
 
 def compare_latency(reference: nn.Module, candidate: nn.Module, batch_size: int = 32, seq_len: int = 128,
                     threads: int | None = None, warmup: int = 3, repeats: int = 10,
                     device: str | torch.device = "cpu", bf16: bool = False, compile: bool = False) -> LatencyComparison:
     """Time two models on the same inputs and threads, repeats interleaved; speedup = ref / cand median."""
-    ref, cand = time_models((reference, candidate), batch_size, seq_len, threads, warmup, repeats, device, bf16,
-                            compile)
+    ref, cand = time_models((reference, candidate), batch_size, seq_len, threads, warmup, repeats, device,
+                            bf16=bf16, compile=compile)
     return LatencyComparison(reference=ref, candidate=cand, speedup=ref.median_s / cand.median_s)

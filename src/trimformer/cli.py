@@ -184,7 +184,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     dense = dense_reference(args.model_dir)
     sizes = size_report(dense, model, args.batch_size, args.seq_len)
     latency = compare_latency(dense, model, args.batch_size, args.seq_len, args.threads, args.warmup, args.repeats,
-                              args.device, args.bf16, args.compile)
+                              device=args.device, bf16=args.bf16, compile=args.compile)
     result = {
         "model_dir": args.model_dir, "batch_size": args.batch_size, "seq_len": args.seq_len,
         "params": {"dense": sizes.params_before, "model": sizes.params_after},

@@ -34,7 +34,8 @@ def summarize(run: Run) -> RunReport:
     for shape_stage in ("heads", "ffn"):
         candidate = pruned if shape_stage == "ffn" else load_pruned(run.stage_dir(shape_stage) / "model")
         comparison = compare_latency(dense, candidate, bench.batch_size, bench.seq_len, bench.threads,
-                                     bench.warmup, bench.repeats, bench.device, bench.bf16, bench.compile)
+                                     bench.warmup, bench.repeats, device=bench.device, bf16=bench.bf16,
+                                     compile=bench.compile)
         speedups[shape_stage] = comparison.speedup
         if shape_stage == "ffn":
             latency = comparison
