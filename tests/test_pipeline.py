@@ -230,6 +230,20 @@ def test_target_head_ratio_re_splits_a_saved_latency_choice(tmp_path):
     assert f"{heads} heads and {ffn} FFN channels per layer (head ratio 3" in log_text
 
 
+def test_an_unreachable_target_exits_2_after_the_fine_tune_and_writes_no_choice(tmp_path, capsys):
+    """Timed for real: no shape of a tiny model is 1000x faster than it. The fine-tune is kept (a
+    rerun with a lower target resumes from it); no target.json is left to be reused."""
+    glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out"
+    code = main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe",
+                 "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "--target-speedup", "1000"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "target speedup x1000 is out of reach timed on cpu" in err and "bench.batch_size" in err
+    assert (out / "stages" / "finetune" / "done.json").is_file()
+    assert not (out / "target.json").exists() and not (out / "stages" / "attention").exists()
+
+
 def test_ffn_multiple_lands_every_layer_exactly_on_a_multiple(tmp_path):
     """`target.ffn_multiple` re-splits a saved latency choice to an FFN width that is a multiple of it,
     and the per-layer FFN rounds end exactly there: 64 -> 42 channels in three rounds of equal share

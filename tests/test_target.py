@@ -8,7 +8,15 @@ import trimformer.target as target_mod
 from tests.models import tiny_bert
 from trimformer.bench import LatencyComparison, LatencyStats, count_params, layer_widths
 from trimformer.structure import model_structure
-from trimformer.target import choose_shape, flops_fraction, shape_for_fraction, shape_of, shape_on_line, shaped_copy
+from trimformer.target import (
+    TargetOutOfReach,
+    choose_shape,
+    flops_fraction,
+    shape_for_fraction,
+    shape_of,
+    shape_on_line,
+    shaped_copy,
+)
 
 
 def test_shape_of_and_shaped_copy():
@@ -38,6 +46,38 @@ def test_solver_reaches_the_target_on_an_affine_latency_curve(monkeypatch, targe
     choice = choose_shape(model, target)
     assert choice.measured_speedup == pytest.approx(target, rel=0.02)
     assert len(choice.calibration) >= 4
+
+
+def _affine_timing(st, fixed: float):
+    """A fake `compare_latency`: latency = fixed + (1 - fixed) * kept FLOPs fraction, dense at 1."""
+
+    def fake_compare(reference, candidate, *args, **kwargs):
+        heads, ffn = (w[0] for w in layer_widths(candidate))
+        cand = fixed + (1 - fixed) * flops_fraction(st, heads, ffn, 128)
+        stats = lambda t: LatencyStats(t, t, t, 1)  # noqa: E731
+        return LatencyComparison(stats(1.0), stats(cand), 1.0 / cand)
+
+    return fake_compare
+
+
+def test_a_target_beyond_the_smallest_shape_is_refused(monkeypatch):
+    """As an H100 timed MiniLM at batch 32: 70% of the dense time is work that cutting heads and FFN
+    channels leaves (x1.4 at most), so x3 is refused, not met by cutting every layer to the bone."""
+    model = tiny_bert(heads=12, hidden=48, ffn=1200)
+    monkeypatch.setattr(target_mod, "compare_latency", _affine_timing(model_structure(model), fixed=0.7))
+    with pytest.raises(TargetOutOfReach, match=r"x3 is out of reach timed on cuda, bf16, compiled at batch 32 x "
+                                               r"128: the smallest shape \(1 head and 64 FFN channels a layer\) "
+                                               r"measured x1\.39\. Ask for a lower target"):
+        choose_shape(model, 3.0, ffn_multiple=64, device="cuda", bf16=True, compile=True)
+    choice = choose_shape(model, 1.3, ffn_multiple=64)  # within reach on the same curve
+    assert choice.measured_speedup == pytest.approx(1.3, rel=0.05)
+
+
+def test_a_target_just_inside_reach_is_met_not_refused(monkeypatch):
+    model = tiny_bert(heads=12, hidden=48, ffn=1200)
+    monkeypatch.setattr(target_mod, "compare_latency", _affine_timing(model_structure(model), fixed=0.3))
+    choice = choose_shape(model, 3.0)  # the smallest shape would give about x3.2
+    assert choice.measured_speedup == pytest.approx(3.0, rel=0.05)
 
 
 def test_target_must_be_above_one():

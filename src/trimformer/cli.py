@@ -12,8 +12,10 @@ from trimformer.checkpoint import CheckpointError
 from trimformer.config import ConfigError
 from trimformer.glue import GlueDataError
 from trimformer.io import PrunedModelError
+from trimformer.target import TargetOutOfReach
 
-INPUT_ERRORS = (ConfigError, GlueDataError, PrunedModelError, CheckpointError, FileNotFoundError)
+INPUT_ERRORS = (ConfigError, GlueDataError, PrunedModelError, CheckpointError, FileNotFoundError,
+                TargetOutOfReach)
 
 
 class UsageError(ValueError):

@@ -22,6 +22,16 @@ from trimformer.shrink import LayerPlan, ShrinkPlan, apply_plan
 from trimformer.structure import ModelStructure, model_structure
 
 
+class TargetOutOfReach(ValueError):
+    """Even the smallest shape (one head, the fewest FFN channels a layer) misses the target by
+    more than 10% where it was timed: the rest of the time is work that cutting heads and FFN
+    channels does not shrink (embeddings, layer norms, hidden-width activations, kernel launches)."""
+
+
+# How far below the target the smallest shape may land before the target counts as out of reach.
+REACH_TOLERANCE = 0.9
+
+
 @dataclass(frozen=True)
 class ShapeChoice:
     """The uniform per-layer shape chosen for a target speedup, and what it measured."""
@@ -140,5 +150,21 @@ def choose_shape(model: nn.Module, target_speedup: float, batch_size: int = 32, 
     if (heads, ffn) not in tried:
         tried[(heads, ffn)] = measure(heads, ffn)
         points.append((flops_fraction(st, heads, ffn, seq_len), tried[(heads, ffn)]))
+    if tried[(heads, ffn)] < REACH_TOLERANCE * target_speedup:
+        # Far short of the target: is any shape fast enough? The smallest is the fastest there is (a
+        # fitted line alone can mislead where timings are mostly noise, as with a tiny model).
+        smallest = shape_for_fraction(st, 0.0, seq_len, ffn_multiple, head_ratio)
+        if smallest not in tried:
+            tried[smallest] = measure(*smallest)
+            points.append((flops_fraction(st, *smallest, seq_len), tried[smallest]))
+        if tried[smallest] < REACH_TOLERANCE * target_speedup:
+            # Training to a shape far slower than asked for, cut to the bone as well, helps nobody.
+            where = f"{device}{', bf16' if bf16 else ''}{', compiled' if compile else ''}"
+            h, f = smallest
+            raise TargetOutOfReach(
+                f"target speedup x{target_speedup:g} is out of reach timed on {where} at batch {batch_size} x "
+                f"{seq_len}: the smallest shape ({h} head{'s' if h > 1 else ''} and {f} FFN channels a layer) "
+                f"measured x{tried[smallest]:.2f}. Ask for a lower target, or time where the matrix work "
+                "dominates (a larger bench.batch_size, or bench.device=cpu)")
     return ShapeChoice(target_speedup=target_speedup, heads=heads, ffn=ffn, measured_speedup=tried[(heads, ffn)],
                        calibration=points, head_ratio=head_ratio, seq_len=seq_len)
