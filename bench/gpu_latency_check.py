@@ -1,17 +1,18 @@
 """Pruning to a latency target measured on a GPU, and `trimformer bench` there: the GPU timing path end to end.
 
-    python bench/gpu_latency_check.py --model DIR --out results.json [--targets 3 2] [--repeats 30]
+    python bench/gpu_latency_check.py --model DIR --out results.json [--targets 3 2] [--batch-size 32]
 
 On a CUDA machine (the `device` tool's), for each target speedup: `choose_shape` fits the uniform
 shape (FFN widths a multiple of 64) by timing candidate shapes against the dense model under bf16
 autocast and `torch.compile` (CUDA graphs), then the chosen shape is re-timed against the dense
 model in a fresh comparison (its own compile, more repeats): how far that lands from the target is
-the check. The same shape is also timed eagerly (bf16, no compile), which on a GPU is launch-bound
-at batch 32, so the gap says why GPU speedups are timed compiled. Last, the shape is saved with
-`save_pruned` and timed through the command line (`trimformer bench --device cuda --bf16 --compile`),
-so the CLI path runs too (once, on the first target's shape). Each finished step is written to
---out at once (a time limit keeps what was done). The weights are the dense model's, loaded as
-float32 (timing only needs the shapes).
+the check. A target out of reach is recorded with `choose_shape`'s refusal, and the smallest
+shape (1 head, FFN 64 a layer) is timed in its place. The same shape is also timed eagerly (bf16,
+no compile), which on a GPU is launch-bound, so the gap says why GPU speedups are timed compiled.
+Once, on the first target's shape, the shape is saved with `save_pruned` and timed through the
+command line (`trimformer bench --device cuda --bf16 --compile`), so the CLI path runs too. Each
+finished step is written to --out at once (a time limit keeps what was done). The weights are the
+dense model's, loaded as float32 (timing only needs the shapes).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import transformers
 
 from trimformer.bench import compare_latency
 from trimformer.io import save_pruned, write_json
-from trimformer.target import choose_shape, shaped_copy
+from trimformer.target import TargetOutOfReach, choose_shape, shaped_copy
 
 
 def cli_bench(dense: torch.nn.Module, heads: int, ffn: int, timing: dict, repeats: int) -> dict:
@@ -40,10 +41,10 @@ def cli_bench(dense: torch.nn.Module, heads: int, ffn: int, timing: dict, repeat
                "--seq-len", str(timing["seq_len"])]
         proc = subprocess.run(cmd, capture_output=True, text=True)
     cli = {"command": " ".join(cmd[1:]), "rc": proc.returncode}
-    if proc.returncode == 0:
+    if proc.returncode == 0 and "{" in proc.stdout:
         cli["output"] = json.loads(proc.stdout[proc.stdout.index("{"):])
     else:
-        cli["stderr_tail"] = proc.stderr[-3000:]
+        cli["stdout_tail"], cli["stderr_tail"] = proc.stdout[-1000:], proc.stderr[-3000:]
     return cli
 
 
@@ -71,13 +72,17 @@ def main() -> None:
         if time.time() - start > args.budget:
             break
         t0 = time.time()
-        choice = choose_shape(dense, target, repeats=args.repeats, ffn_multiple=64, compile=True, **timing)
-        shaped = shaped_copy(dense, choice.heads, choice.ffn)
+        try:
+            choice = choose_shape(dense, target, repeats=args.repeats, ffn_multiple=64, compile=True, **timing)
+            heads, ffn, fitted = choice.heads, choice.ffn, {"fit_speedup": choice.measured_speedup,
+                                                            "calibration": choice.calibration}
+        except TargetOutOfReach as err:  # what the refusal says, and the smallest shape timed as below
+            heads, ffn, fitted = 1, 64, {"refused": str(err)}
+        shaped = shaped_copy(dense, heads, ffn)
         compiled = compare_latency(dense, shaped, warmup=3, repeats=args.check_repeats, compile=True, **timing)
         eager = compare_latency(dense, shaped, warmup=3, repeats=args.check_repeats, compile=False, **timing)
         result["targets"].append({
-            "target": target, "heads": choice.heads, "ffn": choice.ffn,
-            "fit_speedup": choice.measured_speedup, "calibration": choice.calibration,
+            "target": target, "heads": heads, "ffn": ffn, **fitted,
             "check_speedup_compiled": compiled.speedup,
             "check_off_target_pct": 100 * (compiled.speedup / target - 1),
             "check_latency_ms": {"dense": 1e3 * compiled.reference.median_s,
@@ -88,7 +93,7 @@ def main() -> None:
         write_json(args.out, result)
         print(json.dumps(result["targets"][-1]), flush=True)
         if "cli" not in result:  # the command line once, on the first shape
-            result["cli"] = cli_bench(dense, choice.heads, choice.ffn, timing, args.check_repeats)
+            result["cli"] = cli_bench(dense, heads, ffn, timing, args.check_repeats)
             write_json(args.out, result)
             print(json.dumps(result["cli"]), flush=True)
     result["seconds"] = time.time() - start

@@ -52,3 +52,22 @@ def test_two_processes_match_one(tmp_path):
     wa, wb = (load_file(str(d / "model" / "model.safetensors")) for d in (one, two))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not os.path.exists(
+    os.path.join(os.path.dirname(sys.executable), "accelerate")), reason="accelerate CLI not installed")
+def test_a_target_refused_on_the_main_process_ends_every_rank(tmp_path):
+    """Only the main process times shapes; when it refuses the target, the other rank must stop too
+    (not wait at a barrier for a choice that never comes): both print the error, neither hangs."""
+    glue_dir = write_sst2(tmp_path / "glue")
+    model_dir = write_tiny_model(tmp_path / "tiny")
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    done = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trimformer", "run",
+                           "--output-dir", str(tmp_path / "out"), "--train-batch-size", "8", "--model",
+                           str(model_dir), "--glue-dir", str(glue_dir), *RUN, "--target-speedup", "1000"],
+                          env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "trimformer: error: target speedup x1000 is out of reach timed on cpu" in done.stderr
+    assert "trimformer: error: the main process found the target speedup out of reach" in done.stderr
+    assert not (tmp_path / "out" / "target.json").exists()

@@ -202,6 +202,16 @@ def test_ffn_stage_saved_but_not_recorded_resumes_from_the_saved_model(tmp_path)
     assert (out / "stages" / "ffn" / "done.json").is_file()
 
 
+LINE = [[x, 1.0 / (0.1 + 0.9 * x)] for x in (0.3, 0.5, 0.7)]  # a saved latency line: no timing in the tests
+
+
+def save_choice(out, target: float, heads: int, ffn: int) -> None:
+    """A target.json as a run that timed `target` on LINE would have left in `out`."""
+    out.mkdir(exist_ok=True)
+    (out / "target.json").write_text(json.dumps({"target_speedup": target, "heads": heads, "ffn": ffn, "seq_len": 8,
+                                                 "measured_speedup": target, "calibration": LINE}))
+
+
 def test_target_head_ratio_re_splits_a_saved_latency_choice(tmp_path):
     from trimformer.bench import layer_widths
     from trimformer.io import load_pruned
@@ -209,13 +219,10 @@ def test_target_head_ratio_re_splits_a_saved_latency_choice(tmp_path):
     from trimformer.target import shape_on_line
 
     glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
-    line = [[x, 1.0 / (0.1 + 0.9 * x)] for x in (0.3, 0.5, 0.7)]  # a saved choice: no timing in the test
     widths = {}
     for ratio in (1, 3):
         out = tmp_path / f"out{ratio}"
-        out.mkdir()
-        (out / "target.json").write_text(json.dumps({"target_speedup": 2.0, "heads": 2, "ffn": 30, "seq_len": 8,
-                                                     "measured_speedup": 2.0, "calibration": line}))
+        save_choice(out, 2.0, 2, 30)
         assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe",
                      "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "--target-speedup", "2",
                      f"target.head_ratio={ratio}", "--stop-after", "heads", "--resume"]) == 0
@@ -223,8 +230,8 @@ def test_target_head_ratio_re_splits_a_saved_latency_choice(tmp_path):
     assert widths[1] == [2, 2]  # the saved choice as it is
     st = model_structure(load_pruned(tmp_path / "out3" / "stages" / "finetune" / "model"))
     # Solved at the length the saved line was timed at (8), not this run's bench.seq_len=16.
-    heads, ffn = shape_on_line(st, line, 2.0, 8, head_ratio=3)
-    assert (heads, ffn) != shape_on_line(st, line, 2.0, 16, head_ratio=3)
+    heads, ffn = shape_on_line(st, LINE, 2.0, 8, head_ratio=3)
+    assert (heads, ffn) != shape_on_line(st, LINE, 2.0, 16, head_ratio=3)
     assert heads > 2 and widths[3] == [heads, heads]  # re-split on the saved line: more heads
     log_text = (tmp_path / "out3" / "run.log").read_text()
     assert f"{heads} heads and {ffn} FFN channels per layer (head ratio 3" in log_text
@@ -244,6 +251,21 @@ def test_an_unreachable_target_exits_2_after_the_fine_tune_and_writes_no_choice(
     assert not (out / "target.json").exists() and not (out / "stages" / "attention").exists()
 
 
+def test_a_resumed_run_re_times_for_a_new_target_until_the_heads_are_cut(tmp_path, capsys):
+    """A saved choice is for its own target: before the attention stage a new --target-speedup is
+    timed afresh (here refused, proving the saved x2 choice was not reused); after it, exit 2."""
+    glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out"
+    save_choice(out, 2.0, 2, 30)
+    common = ["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe", "smoke",
+              "--output-dir", str(out), *TINY_OVERRIDES, "--resume"]
+    assert main([*common, "--target-speedup", "1000", "--stop-after", "attention"]) == 2
+    assert "x1000 is out of reach" in capsys.readouterr().err
+    assert main([*common, "--target-speedup", "2", "--stop-after", "attention"]) == 0  # the saved choice
+    assert main([*common, "--target-speedup", "3"]) == 2
+    assert "was pruned for target speedup x2 (target.json); x3 needs a new --output-dir" in capsys.readouterr().err
+
+
 def test_ffn_multiple_lands_every_layer_exactly_on_a_multiple(tmp_path):
     """`target.ffn_multiple` re-splits a saved latency choice to an FFN width that is a multiple of it,
     and the per-layer FFN rounds end exactly there: 64 -> 42 channels in three rounds of equal share
@@ -253,10 +275,7 @@ def test_ffn_multiple_lands_every_layer_exactly_on_a_multiple(tmp_path):
 
     glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
     out = tmp_path / "out"
-    out.mkdir()
-    line = [[x, 1.0 / (0.1 + 0.9 * x)] for x in (0.3, 0.5, 0.7)]
-    (out / "target.json").write_text(json.dumps({"target_speedup": 1.5, "heads": 3, "ffn": 32, "seq_len": 8,
-                                                 "measured_speedup": 1.5, "calibration": line}))
+    save_choice(out, 1.5, 3, 32)
     assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe",
                  "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "--target-speedup", "1.5",
                  "target.ffn_multiple=21", "--stop-after", "ffn", "--resume"]) == 0

@@ -80,6 +80,42 @@ def test_a_target_just_inside_reach_is_met_not_refused(monkeypatch):
     assert choice.measured_speedup == pytest.approx(3.0, rel=0.05)
 
 
+@pytest.mark.parametrize(("over", "refused"), [(1.05, False), (1.15, True)])
+def test_a_target_up_to_ten_percent_past_the_smallest_shape_is_met_by_it(monkeypatch, over, refused):
+    model = tiny_bert(heads=12, hidden=48, ffn=1200)
+    st = model_structure(model)
+    monkeypatch.setattr(target_mod, "compare_latency", _affine_timing(st, fixed=0.5))
+    fastest = 1.0 / (0.5 + 0.5 * flops_fraction(st, 1, 1, 128))  # the smallest shape, one head and one channel
+    if refused:
+        with pytest.raises(TargetOutOfReach):
+            choose_shape(model, over * fastest)
+    else:
+        choice = choose_shape(model, over * fastest)
+        assert (choice.heads, choice.ffn) == (1, 1) and choice.measured_speedup == pytest.approx(fastest)
+
+
+def test_a_line_that_misses_is_checked_against_the_smallest_shape(monkeypatch):
+    """Latency off the line (a band of slow widths, as odd GPU widths are): the solved shape lands in
+    it, far short of the target; the smallest shape is fast enough, so the target stands and the
+    smallest shape's timing joins the line the answer is solved on."""
+    model = tiny_bert(heads=12, hidden=48, ffn=1200)
+    st = model_structure(model)
+    timed = []
+
+    def banded(reference, candidate, *args, **kwargs):
+        heads, ffn = (w[0] for w in layer_widths(candidate))
+        fraction = flops_fraction(st, heads, ffn, 128)
+        timed.append((heads, ffn))
+        cand = 0.45 if 0.1 < fraction < 0.3 else 0.1 + 0.9 * fraction
+        stats = lambda t: LatencyStats(t, t, t, 1)  # noqa: E731
+        return LatencyComparison(stats(1.0), stats(cand), 1.0 / cand)
+
+    monkeypatch.setattr(target_mod, "compare_latency", banded)
+    choice = choose_shape(model, 3.0)
+    smallest = shape_for_fraction(st, 0.0, 128)
+    assert smallest in timed and flops_fraction(st, *smallest, 128) in [p[0] for p in choice.calibration]
+
+
 def test_target_must_be_above_one():
     with pytest.raises(ValueError, match="above 1"):
         choose_shape(tiny_bert(), 1.0)

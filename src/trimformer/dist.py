@@ -50,6 +50,22 @@ def barrier() -> None:
         torch_dist.barrier()
 
 
+def _comm_device() -> torch.device:
+    """Where small tensors for collectives live: NCCL takes GPU tensors only, gloo CPU ones."""
+    if torch_dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any (one all-reduce; a sync point like a barrier)."""
+    if world_size() == 1:
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int64, device=_comm_device())
+    torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def average_grads(tensors: Iterable[torch.Tensor]) -> None:
     """All-reduce (mean) the gradients of tensors DDP does not know about (movement scores)."""
     if world_size() == 1:
@@ -88,7 +104,8 @@ def check_identical(tensors: dict[str, torch.Tensor], what: str) -> None:
     for name in sorted(tensors):
         h.update(name.encode())
         h.update(tensors[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    digest = torch.tensor([int.from_bytes(h.digest()[:8], "little", signed=True)], dtype=torch.int64)
+    digest = torch.tensor([int.from_bytes(h.digest()[:8], "little", signed=True)], dtype=torch.int64,
+                          device=_comm_device())
     gathered = [torch.zeros_like(digest) for _ in range(world_size())]
     torch_dist.all_gather(gathered, digest)
     if any(int(g) != int(digest) for g in gathered):

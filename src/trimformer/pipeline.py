@@ -252,18 +252,30 @@ class Run:
         target.json, so a resumed run reuses it) and set the attention and FFN sparsities. A saved
         choice made for another head ratio is re-split on its own fitted latency line."""
         path, head_ratio = self.out / "target.json", self.recipe.target.head_ratio
-        from trimformer.target import choose_shape, shape_on_line
+        from trimformer.config import ConfigError
+        from trimformer.target import TargetOutOfReach, choose_shape, shape_on_line
 
         dense = load_pruned(self.stage_dir("finetune") / "model")
-        if not path.is_file():
+        wanted = self.options.target_speedup
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved is not None and saved["target_speedup"] != wanted and self.done("attention") is not None:
+            raise ConfigError(f"{self.out} was pruned for target speedup x{saved['target_speedup']:g} "
+                              f"(target.json); x{wanted:g} needs a new --output-dir")
+        if saved is None or saved["target_speedup"] != wanted:  # none yet, or one for another target
+            refused: TargetOutOfReach | None = None
             if dist.is_main():
                 bench = self.recipe.bench
-                choice = choose_shape(dense, self.options.target_speedup, bench.batch_size, bench.seq_len,
-                                      bench.threads, repeats=bench.repeats, head_ratio=head_ratio,
-                                      ffn_multiple=self.recipe.target.ffn_multiple, device=bench.device,
-                                      bf16=bench.bf16, compile=bench.compile)
-                write_json(path, choice.to_dict())
-            dist.barrier()
+                try:
+                    choice = choose_shape(dense, wanted, bench.batch_size, bench.seq_len, bench.threads,
+                                          repeats=bench.repeats, head_ratio=head_ratio,
+                                          ffn_multiple=self.recipe.target.ffn_multiple, device=bench.device,
+                                          bf16=bench.bf16, compile=bench.compile)
+                    write_json(path, choice.to_dict())
+                except TargetOutOfReach as err:
+                    refused = err
+            # Every rank learns of a refusal (raising before this sync would leave the others waiting).
+            if dist.any_rank(refused is not None):
+                raise refused or TargetOutOfReach("the main process found the target speedup out of reach")
         choice = json.loads(path.read_text())
         st = model_structure(dense)
         heads, ffn = choice["heads"], choice["ffn"]
