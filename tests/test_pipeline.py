@@ -247,6 +247,7 @@ def test_an_unreachable_target_exits_2_after_the_fine_tune_and_writes_no_choice(
     assert code == 2
     err = capsys.readouterr().err
     assert "target speedup x1000 is out of reach timed on cpu" in err and "bench.batch_size" in err
+    assert "bench.device=cpu" not in err  # timed there already
     assert (out / "stages" / "finetune" / "done.json").is_file()
     assert not (out / "target.json").exists() and not (out / "stages" / "attention").exists()
 

@@ -162,11 +162,12 @@ def choose_shape(model: nn.Module, target_speedup: float, batch_size: int = 32, 
         if reached < REACH_TOLERANCE * target_speedup:
             # Training to a shape far slower than asked for, cut to the bone as well, helps nobody.
             where = f"{device}{', bf16' if bf16 else ''}{', compiled' if compile else ''}"
+            elsewhere = "" if str(device) == "cpu" else ", or bench.device=cpu"
             raise TargetOutOfReach(
                 f"target speedup x{target_speedup:g} is out of reach timed on {where} at batch {batch_size} x "
                 f"{seq_len}: the smallest shape (1 head and {smallest[1]} FFN channels a layer) measured "
                 f"x{reached:.2f}. Ask for a lower target, or time where the matrix work dominates (a larger "
-                "bench.batch_size, or bench.device=cpu)")
+                f"bench.batch_size{elsewhere})")
         if smallest not in tried:
             tried[smallest] = reached
             points.append((flops_fraction(st, *smallest, seq_len), reached))
