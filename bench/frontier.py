@@ -47,8 +47,9 @@ Methods:
   taylor_kd  - taylor_reg's with the distil and FFN stages on the KD loss alone (task loss weight 0;
                the other side of taylor_reg from taylor_ra5)
   taylor_rh2 - taylor_reg's with twice the heads' share of the latency budget (`target.head_ratio=2`;
-               not on the GPU yet; at x3 on the CPU +2.7 MCC points on CoLA over three seeds, -2.3 on
-               SST-2, -0.05 on the five-task mean: bench/results/rh2-cpu)
+               at x3 on the CPU +2.7 MCC points on CoLA over three seeds, -2.3 on SST-2, -0.05 on the
+               five-task mean: bench/results/rh2-cpu; on the GPU behind at every target over three
+               seeds, CoLA too: bench/results/frontier/README.md, fifth frontier)
   taylor_reg_s1025, taylor_ra5_s1026, ... - the same methods with the stages after the shared
                fine-tune seeded 1025 or 1026 (frontier.md then has means over seeds)
 
