@@ -252,19 +252,38 @@ def test_an_unreachable_target_exits_2_after_the_fine_tune_and_writes_no_choice(
     assert not (out / "target.json").exists() and not (out / "stages" / "attention").exists()
 
 
-def test_a_resumed_run_re_times_for_a_new_target_until_the_heads_are_cut(tmp_path, capsys):
-    """A saved choice is for its own target: before the attention stage a new --target-speedup is
-    timed afresh (here refused, proving the saved x2 choice was not reused); after it, exit 2."""
+def test_a_resumed_run_re_times_a_new_target_until_the_attention_stage_begins(tmp_path, capsys, monkeypatch):
+    """A saved choice answers its own target: before the attention stage a new --target-speedup is
+    timed afresh (refused for real at x1000, so the saved x2 choice was not reused; chosen and saved
+    at x1.5 on a fake latency curve); once the attention stage has begun, another target exits 2."""
+    import trimformer.target as target_mod
+    from trimformer.bench import LatencyComparison, LatencyStats, layer_widths
+    from trimformer.target import flops_fraction
+
     glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
     out = tmp_path / "out"
     save_choice(out, 2.0, 2, 30)
     common = ["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe", "smoke",
-              "--output-dir", str(out), *TINY_OVERRIDES, "--resume"]
-    assert main([*common, "--target-speedup", "1000", "--stop-after", "attention"]) == 2
+              "--output-dir", str(out), *TINY_OVERRIDES, "--resume", "--stop-after", "attention"]
+    assert main([*common, "--target-speedup", "1000"]) == 2
     assert "x1000 is out of reach" in capsys.readouterr().err
-    assert main([*common, "--target-speedup", "2", "--stop-after", "attention"]) == 0  # the saved choice
+
+    def affine(reference, candidate, *args, **kwargs):  # latency 0.1 + 0.9 x kept FLOPs fraction
+        from trimformer.structure import model_structure
+
+        heads, ffn = (w[0] for w in layer_widths(candidate))
+        cand = 0.1 + 0.9 * flops_fraction(model_structure(reference), heads, ffn, 16)
+        stats = lambda t: LatencyStats(t, t, t, 1)  # noqa: E731
+        return LatencyComparison(stats(1.0), stats(cand), 1.0 / cand)
+
+    monkeypatch.setattr(target_mod, "compare_latency", affine)
+    assert main([*common, "--target-speedup", "1.5"]) == 0
+    choice = json.loads((out / "target.json").read_text())
+    assert choice["target_speedup"] == 1.5 and choice["measured_speedup"] == pytest.approx(1.5, rel=0.1)
+    assert f"{choice['heads']} heads and {choice['ffn']} FFN channels per layer" in (out / "run.log").read_text()
     assert main([*common, "--target-speedup", "3"]) == 2
-    assert "was pruned for target speedup x2 (target.json); x3 needs a new --output-dir" in capsys.readouterr().err
+    assert "is being pruned for target speedup x1.5 (target.json); x3 needs a new --output-dir" in \
+        capsys.readouterr().err
 
 
 def test_ffn_multiple_lands_every_layer_exactly_on_a_multiple(tmp_path):

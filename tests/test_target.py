@@ -114,6 +114,8 @@ def test_a_line_that_misses_is_checked_against_the_smallest_shape(monkeypatch):
     choice = choose_shape(model, 3.0)
     smallest = shape_for_fraction(st, 0.0, 128)
     assert smallest in timed and flops_fraction(st, *smallest, 128) in [p[0] for p in choice.calibration]
+    # Not the shape in the slow band (x2.2): the least-cut shape below it, past the target.
+    assert choice.measured_speedup >= 0.9 * 3.0 and flops_fraction(st, choice.heads, choice.ffn, 128) > 0.05
 
 
 def test_target_must_be_above_one():

@@ -258,24 +258,25 @@ class Run:
         dense = load_pruned(self.stage_dir("finetune") / "model")
         wanted = self.options.target_speedup
         saved = json.loads(path.read_text()) if path.is_file() else None
-        if saved is not None and saved["target_speedup"] != wanted and self.done("attention") is not None:
-            raise ConfigError(f"{self.out} was pruned for target speedup x{saved['target_speedup']:g} "
+        # Once the attention stage has begun (a checkpoint counts), its masks follow the saved choice.
+        if saved is not None and saved["target_speedup"] != wanted and self.stage_dir("attention").exists():
+            raise ConfigError(f"{self.out} is being pruned for target speedup x{saved['target_speedup']:g} "
                               f"(target.json); x{wanted:g} needs a new --output-dir")
-        if saved is None or saved["target_speedup"] != wanted:  # none yet, or one for another target
-            refused: TargetOutOfReach | None = None
-            if dist.is_main():
-                bench = self.recipe.bench
-                try:
-                    choice = choose_shape(dense, wanted, bench.batch_size, bench.seq_len, bench.threads,
-                                          repeats=bench.repeats, head_ratio=head_ratio,
-                                          ffn_multiple=self.recipe.target.ffn_multiple, device=bench.device,
-                                          bf16=bench.bf16, compile=bench.compile)
-                    write_json(path, choice.to_dict())
-                except TargetOutOfReach as err:
-                    refused = err
-            # Every rank learns of a refusal (raising before this sync would leave the others waiting).
-            if dist.any_rank(refused is not None):
-                raise refused or TargetOutOfReach("the main process found the target speedup out of reach")
+        refused: TargetOutOfReach | None = None
+        if dist.is_main() and (saved is None or saved["target_speedup"] != wanted):  # none, or another's
+            bench = self.recipe.bench
+            try:
+                choice = choose_shape(dense, wanted, bench.batch_size, bench.seq_len, bench.threads,
+                                      repeats=bench.repeats, head_ratio=head_ratio,
+                                      ffn_multiple=self.recipe.target.ffn_multiple, device=bench.device,
+                                      bf16=bench.bf16, compile=bench.compile)
+                write_json(path, choice.to_dict())
+            except TargetOutOfReach as err:
+                refused = err
+        # Every rank meets here (a sync) and learns of a refusal: raising before it would leave the
+        # others waiting, and a rank reading target.json before the main process wrote it would not.
+        if dist.any_rank(refused is not None):
+            raise refused or TargetOutOfReach("the main process found the target speedup out of reach")
         choice = json.loads(path.read_text())
         st = model_structure(dense)
         heads, ffn = choice["heads"], choice["ffn"]

@@ -169,8 +169,31 @@ def choose_shape(model: nn.Module, target_speedup: float, batch_size: int = 32, 
                 f"x{reached:.2f}. Ask for a lower target, or time where the matrix work dominates (a larger "
                 f"bench.batch_size{elsewhere})")
         if smallest not in tried:
-            tried[smallest] = reached
             points.append((flops_fraction(st, *smallest, seq_len), reached))
+        tried[smallest] = reached
         heads, ffn = settle()  # within reach: solve again with the fastest shape on the line
+        if tried[(heads, ffn)] < REACH_TOLERANCE * target_speedup:
+            heads, ffn = _bisect_for_reach(st, (heads, ffn), smallest, target_speedup, seq_len, ffn_multiple,
+                                           head_ratio, tried, points, measure)
     return ShapeChoice(target_speedup=target_speedup, heads=heads, ffn=ffn, measured_speedup=tried[(heads, ffn)],
                        calibration=points, head_ratio=head_ratio, seq_len=seq_len)
+
+
+def _bisect_for_reach(st: ModelStructure, missed: tuple[int, int], fastest: tuple[int, int], target: float,
+                      seq_len: int, ffn_multiple: int, head_ratio: float, tried: dict[tuple[int, int], float],
+                      points: list[tuple[float, float]], measure, steps: int = 4) -> tuple[int, int]:
+    """Latency off the line (a band of slow widths): halve the FLOPs fraction between a shape that
+    missed the target and one that reached it, then answer with the least-cut timed shape within
+    10% of the target (at worst `fastest`)."""
+    lo, hi = flops_fraction(st, *fastest, seq_len), flops_fraction(st, *missed, seq_len)
+    for _ in range(steps):
+        shape = shape_for_fraction(st, (lo + hi) / 2, seq_len, ffn_multiple, head_ratio)
+        if shape not in tried:
+            tried[shape] = measure(*shape)
+            points.append((flops_fraction(st, *shape, seq_len), tried[shape]))
+        if tried[shape] >= REACH_TOLERANCE * target:
+            lo = flops_fraction(st, *shape, seq_len)
+        else:
+            hi = flops_fraction(st, *shape, seq_len)
+    reaching = [shape for shape, speedup in tried.items() if speedup >= REACH_TOLERANCE * target]
+    return max(reaching, key=lambda shape: flops_fraction(st, *shape, seq_len))
