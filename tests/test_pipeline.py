@@ -257,8 +257,7 @@ def test_a_resumed_run_re_times_a_new_target_until_the_attention_stage_begins(tm
     timed afresh (refused for real at x1000, so the saved x2 choice was not reused; chosen and saved
     at x1.5 on a fake latency curve); once the attention stage has begun, another target exits 2."""
     import trimformer.target as target_mod
-    from trimformer.bench import LatencyComparison, LatencyStats, layer_widths
-    from trimformer.target import flops_fraction
+    from tests.models import affine_timing
 
     glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
     out = tmp_path / "out"
@@ -268,15 +267,7 @@ def test_a_resumed_run_re_times_a_new_target_until_the_attention_stage_begins(tm
     assert main([*common, "--target-speedup", "1000"]) == 2
     assert "x1000 is out of reach" in capsys.readouterr().err
 
-    def affine(reference, candidate, *args, **kwargs):  # latency 0.1 + 0.9 x kept FLOPs fraction
-        from trimformer.structure import model_structure
-
-        heads, ffn = (w[0] for w in layer_widths(candidate))
-        cand = 0.1 + 0.9 * flops_fraction(model_structure(reference), heads, ffn, 16)
-        stats = lambda t: LatencyStats(t, t, t, 1)  # noqa: E731
-        return LatencyComparison(stats(1.0), stats(cand), 1.0 / cand)
-
-    monkeypatch.setattr(target_mod, "compare_latency", affine)
+    monkeypatch.setattr(target_mod, "compare_latency", affine_timing(fixed=0.1, seq_len=16))
     assert main([*common, "--target-speedup", "1.5"]) == 0
     choice = json.loads((out / "target.json").read_text())
     assert choice["target_speedup"] == 1.5 and choice["measured_speedup"] == pytest.approx(1.5, rel=0.1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import trimformer.target as target_mod
-from tests.models import tiny_bert
+from tests.models import affine_timing, tiny_bert
 from trimformer.bench import LatencyComparison, LatencyStats, count_params, layer_widths
 from trimformer.structure import model_structure
 from trimformer.target import (
@@ -32,39 +32,17 @@ def test_shape_of_and_shaped_copy():
 @pytest.mark.parametrize("target", [2.0, 3.0])
 def test_solver_reaches_the_target_on_an_affine_latency_curve(monkeypatch, target):
     model = tiny_bert(heads=12, hidden=48, ffn=1200)
-
-    st = model_structure(model)
-
-    def fake_compare(reference, candidate, *args, **kwargs):
-        # latency = 0.1 fixed + 0.9 * kept FLOPs fraction (what the module docstring assumes)
-        heads, ffn = (w[0] for w in layer_widths(candidate))
-        ref, cand = 1.0, 0.1 + 0.9 * flops_fraction(st, heads, ffn, 128)
-        stats = lambda t: LatencyStats(t, t, t, 1)  # noqa: E731
-        return LatencyComparison(stats(ref), stats(cand), ref / cand)
-
-    monkeypatch.setattr(target_mod, "compare_latency", fake_compare)
+    monkeypatch.setattr(target_mod, "compare_latency", affine_timing(fixed=0.1))
     choice = choose_shape(model, target)
     assert choice.measured_speedup == pytest.approx(target, rel=0.02)
     assert len(choice.calibration) >= 4
-
-
-def _affine_timing(st, fixed: float):
-    """A fake `compare_latency`: latency = fixed + (1 - fixed) * kept FLOPs fraction, dense at 1."""
-
-    def fake_compare(reference, candidate, *args, **kwargs):
-        heads, ffn = (w[0] for w in layer_widths(candidate))
-        cand = fixed + (1 - fixed) * flops_fraction(st, heads, ffn, 128)
-        stats = lambda t: LatencyStats(t, t, t, 1)  # noqa: E731
-        return LatencyComparison(stats(1.0), stats(cand), 1.0 / cand)
-
-    return fake_compare
 
 
 def test_a_target_beyond_the_smallest_shape_is_refused(monkeypatch):
     """As an H100 timed MiniLM at batch 32: 70% of the dense time is work that cutting heads and FFN
     channels leaves (x1.4 at most), so x3 is refused, not met by cutting every layer to the bone."""
     model = tiny_bert(heads=12, hidden=48, ffn=1200)
-    monkeypatch.setattr(target_mod, "compare_latency", _affine_timing(model_structure(model), fixed=0.7))
+    monkeypatch.setattr(target_mod, "compare_latency", affine_timing(fixed=0.7))
     with pytest.raises(TargetOutOfReach, match=r"x3 is out of reach timed on cuda, bf16, compiled at batch 32 x "
                                                r"128: the smallest shape \(1 head and 64 FFN channels a layer\) "
                                                r"measured x1\.39\. Ask for a lower target"):
@@ -75,7 +53,7 @@ def test_a_target_beyond_the_smallest_shape_is_refused(monkeypatch):
 
 def test_a_target_just_inside_reach_is_met_not_refused(monkeypatch):
     model = tiny_bert(heads=12, hidden=48, ffn=1200)
-    monkeypatch.setattr(target_mod, "compare_latency", _affine_timing(model_structure(model), fixed=0.3))
+    monkeypatch.setattr(target_mod, "compare_latency", affine_timing(fixed=0.3))
     choice = choose_shape(model, 3.0)  # the smallest shape would give about x3.2
     assert choice.measured_speedup == pytest.approx(3.0, rel=0.05)
 
@@ -84,7 +62,7 @@ def test_a_target_just_inside_reach_is_met_not_refused(monkeypatch):
 def test_a_target_up_to_ten_percent_past_the_smallest_shape_is_met_by_it(monkeypatch, over, refused):
     model = tiny_bert(heads=12, hidden=48, ffn=1200)
     st = model_structure(model)
-    monkeypatch.setattr(target_mod, "compare_latency", _affine_timing(st, fixed=0.5))
+    monkeypatch.setattr(target_mod, "compare_latency", affine_timing(fixed=0.5))
     fastest = 1.0 / (0.5 + 0.5 * flops_fraction(st, 1, 1, 128))  # the smallest shape, one head and one channel
     if refused:
         with pytest.raises(TargetOutOfReach):

@@ -258,12 +258,13 @@ class Run:
         dense = load_pruned(self.stage_dir("finetune") / "model")
         wanted = self.options.target_speedup
         saved = json.loads(path.read_text()) if path.is_file() else None
+        retime = saved is None or saved["target_speedup"] != wanted  # no choice yet, or another target's
         # Once the attention stage has begun (a checkpoint counts), its masks follow the saved choice.
-        if saved is not None and saved["target_speedup"] != wanted and self.stage_dir("attention").exists():
+        if saved is not None and retime and self.stage_dir("attention").exists():
             raise ConfigError(f"{self.out} is being pruned for target speedup x{saved['target_speedup']:g} "
                               f"(target.json); x{wanted:g} needs a new --output-dir")
         refused: TargetOutOfReach | None = None
-        if dist.is_main() and (saved is None or saved["target_speedup"] != wanted):  # none, or another's
+        if dist.is_main() and retime:
             bench = self.recipe.bench
             try:
                 choice = choose_shape(dense, wanted, bench.batch_size, bench.seq_len, bench.threads,

@@ -12,7 +12,7 @@ refine once.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from torch import nn
@@ -132,22 +132,22 @@ def choose_shape(model: nn.Module, target_speedup: float, batch_size: int = 32, 
 
     points: list[tuple[float, float]] = []
     tried: dict[tuple[int, int], float] = {}
-    for fraction in (0.6, 0.35, min(0.9, 1.0 / target_speedup)):
-        shape = shape_for_fraction(st, fraction, seq_len, ffn_multiple, head_ratio)
-        tried[shape] = measure(*shape)
-        points.append((flops_fraction(st, *shape, seq_len), tried[shape]))
 
-    def solve() -> tuple[int, int]:
-        return shape_on_line(st, points, target_speedup, seq_len, ffn_multiple, head_ratio)
-
-    def settle() -> tuple[int, int]:
-        """Solve on the line through every timing so far; time the answer if it is new."""
-        shape = solve()
+    def timed(shape: tuple[int, int]) -> tuple[int, int]:
+        """Time `shape` once (a shape already timed is not timed again) and add it to the line."""
         if shape not in tried:
             tried[shape] = measure(*shape)
             points.append((flops_fraction(st, *shape, seq_len), tried[shape]))
         return shape
 
+    def settle() -> tuple[int, int]:
+        """Solve on the line through every timing so far; time the answer if it is new."""
+        return timed(shape_on_line(st, points, target_speedup, seq_len, ffn_multiple, head_ratio))
+
+    for fraction in (0.6, 0.35, min(0.9, 1.0 / target_speedup)):  # each timed, a repeated shape too
+        shape = shape_for_fraction(st, fraction, seq_len, ffn_multiple, head_ratio)
+        tried[shape] = measure(*shape)
+        points.append((flops_fraction(st, *shape, seq_len), tried[shape]))
     for _ in range(3):  # solve on the fitted line, time the answer, refit with it
         settle()
     # The answer comes from the line fitted through every timing, not from the single timing that
@@ -174,23 +174,20 @@ def choose_shape(model: nn.Module, target_speedup: float, batch_size: int = 32, 
         heads, ffn = settle()  # within reach: solve again with the fastest shape on the line
         if tried[(heads, ffn)] < REACH_TOLERANCE * target_speedup:
             heads, ffn = _bisect_for_reach(st, (heads, ffn), smallest, target_speedup, seq_len, ffn_multiple,
-                                           head_ratio, tried, points, measure)
+                                           head_ratio, tried, timed)
     return ShapeChoice(target_speedup=target_speedup, heads=heads, ffn=ffn, measured_speedup=tried[(heads, ffn)],
                        calibration=points, head_ratio=head_ratio, seq_len=seq_len)
 
 
 def _bisect_for_reach(st: ModelStructure, missed: tuple[int, int], fastest: tuple[int, int], target: float,
                       seq_len: int, ffn_multiple: int, head_ratio: float, tried: dict[tuple[int, int], float],
-                      points: list[tuple[float, float]], measure, steps: int = 4) -> tuple[int, int]:
+                      timed: Callable[[tuple[int, int]], tuple[int, int]], steps: int = 4) -> tuple[int, int]:
     """Latency off the line (a band of slow widths): halve the FLOPs fraction between a shape that
-    missed the target and one that reached it, then answer with the least-cut timed shape within
-    10% of the target (at worst `fastest`)."""
+    missed the target and one that reached it (`timed` times a shape into `tried`), then answer with
+    the least-cut timed shape within 10% of the target (at worst `fastest`)."""
     lo, hi = flops_fraction(st, *fastest, seq_len), flops_fraction(st, *missed, seq_len)
     for _ in range(steps):
-        shape = shape_for_fraction(st, (lo + hi) / 2, seq_len, ffn_multiple, head_ratio)
-        if shape not in tried:
-            tried[shape] = measure(*shape)
-            points.append((flops_fraction(st, *shape, seq_len), tried[shape]))
+        shape = timed(shape_for_fraction(st, (lo + hi) / 2, seq_len, ffn_multiple, head_ratio))
         if tried[shape] >= REACH_TOLERANCE * target:
             lo = flops_fraction(st, *shape, seq_len)
         else:
