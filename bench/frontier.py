@@ -50,6 +50,8 @@ Methods:
                at x3 on the CPU +2.7 MCC points on CoLA over three seeds, -2.3 on SST-2, -0.05 on the
                five-task mean: bench/results/rh2-cpu; on the GPU behind at every target over three
                seeds, CoLA too: bench/results/frontier/README.md, fifth frontier)
+  taylor_avg - taylor_reg's with the distil epoch and the FFN recovery each ending on the mean of the
+               weights after each of their last half's steps (`distil.average=0.5 ffn.average=0.5`)
   taylor_reg_s1025, taylor_ra5_s1026, ... - the same methods with the stages after the shared
                fine-tune seeded 1025 or 1026 (frontier.md then has means over seeds)
 
@@ -124,13 +126,15 @@ TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": []
                   "taylor_ra5": TAYLOR_RA5,
                   "taylor_hid": [*TAYLOR_RA5, *HIDDEN],
                   "taylor_kd": [*TAYLOR_REG, "distil.alpha=0", "ffn.alpha=0"],
-                  "taylor_rh2": [*TAYLOR_REG, "target.head_ratio=2"]}
+                  "taylor_rh2": [*TAYLOR_REG, "target.head_ratio=2"],
+                  "taylor_avg": [*TAYLOR_REG, "distil.average=0.5", "ffn.average=0.5"]}
 # The same methods with the stages after the shared fine-tune seeded differently (data order, dropout):
 # one CoLA point moves 3-4 MCC points from seed to seed, as much as most switches, so the top methods
 # need a few seeds each before one is preferred (frontier.md then adds a table of means over seeds).
 SEEDS = (1025, 1026)
 TARGET_METHODS.update({f"{method}_s{seed}": [*TARGET_METHODS[method], f"seed={seed}"]
-                       for method in ("taylor_reg", "taylor_ra5", "taylor_kd", "taylor_rh2") for seed in SEEDS})
+                       for method in ("taylor_reg", "taylor_ra5", "taylor_kd", "taylor_rh2", "taylor_avg")
+                       for seed in SEEDS})
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
                  "batch 32, length 128, lr 3e-5, seed 1024; SST-2 on its first 10,000 training rows; full dev "

@@ -72,3 +72,50 @@ def test_hidden_loss_is_zero_for_identical_states_and_ignores_padding():
     assert float(hidden_loss(padded, states, mask)) == 0.0
     moved = tuple(s + 1.0 for s in states)
     assert float(hidden_loss(moved, states, mask)) == 1.0
+
+
+def test_tail_average_ends_on_the_mean_of_the_last_steps_weights():
+    model = tiny_bert(seed=0)
+    seen = []
+
+    def record(optimizer):  # the weights after every step, in order
+        optimizer.register_step_post_hook(lambda *_: seen.append(
+            {k: v.detach().clone() for k, v in model.named_parameters()}))
+
+    fit(model, get_task("sst2"), make_set(), collate, TrainSettings(max_steps=12, batch_size=4, lr=1e-2,
+                                                                    average=0.25), on_optimizer=record)
+    assert len(seen) == 12
+    for name, param in model.named_parameters():
+        expected = torch.stack([weights[name] for weights in seen[-3:]]).mean(0)
+        assert torch.allclose(param, expected, atol=1e-6), name
+    assert not torch.allclose(seen[-1]["classifier.weight"], seen[-3]["classifier.weight"])  # it moved
+
+
+def test_tail_average_survives_a_resume(tmp_path):
+    settings = TrainSettings(max_steps=12, batch_size=4, lr=1e-2, average=0.75, checkpoint_every=3)
+    whole = tiny_bert(seed=0)
+    fit(whole, get_task("sst2"), make_set(), collate, settings)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_8(optimizer):
+        calls = []
+
+        def hook(*_):
+            calls.append(1)
+            if len(calls) == 8:
+                raise Stop
+
+        optimizer.register_step_post_hook(hook)
+
+    broken = tiny_bert(seed=0)
+    try:
+        fit(broken, get_task("sst2"), make_set(), collate, settings, checkpoint_dir=tmp_path / "ckpt",
+            on_optimizer=stop_at_step_8)
+    except Stop:
+        pass
+    resumed = tiny_bert(seed=0)
+    fit(resumed, get_task("sst2"), make_set(), collate, settings, checkpoint_dir=tmp_path / "ckpt")
+    for (name, a), b in zip(whole.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name

@@ -75,9 +75,10 @@ def run_ffn_stage(run: Run) -> None:
         log.info("ffn: channels ranked by %s", "|sum of w * dL/dw| over each second-linear column (channel "
                  "Taylor)" if section.score == "channel" else "sum of |w * dL/dw| over each first-linear row")
 
-    def train(steps: int, lr: float, seed: int, desc: str, **kwargs) -> None:
+    def train(steps: int, lr: float, seed: int, desc: str, average: float = 0.0, **kwargs) -> None:
+        # Only the recovery averages its weights (`ffn.average`): the rounds change the shape.
         fit(model, run.task, teacher_set, run.data.collate,
-            replace(base, epochs=1.0, max_steps=steps, lr=lr, seed=seed, warmup_ratio=0.0),
+            replace(base, epochs=1.0, max_steps=steps, lr=lr, seed=seed, warmup_ratio=0.0, average=average),
             device=run.device, desc=desc, teacher=teacher, **kwargs)
 
     for r in range(done_rounds, section.rounds):
@@ -111,7 +112,7 @@ def run_ffn_stage(run: Run) -> None:
             recover_lr = section.recover_lr or section.lr / section.rounds
             log.info("ffn: %d steps at the final width from lr %.3g", recover, recover_lr)
             train(recover, recover_lr, base.seed + 7919 * (section.rounds + 1), "ffn recover",
-                  checkpoint_dir=folder / "recover_checkpoint")
+                  average=section.average, checkpoint_dir=folder / "recover_checkpoint")
         extra = run.calibrate(model, section)
         dist.on_main(lambda: save_pruned(model, folder / "model", tokenizer=run.data.tokenizer))
     run.finish("ffn", start, run.evaluate(model), **extra)

@@ -111,7 +111,8 @@ class Run:
                              alpha=getattr(section, "alpha", 0.1), temperature=getattr(section, "temperature", 2.0),
                              seed=r.seed + seed_offset, checkpoint_every=r.checkpoint_every,
                              bf16=self.options.bf16, eval_every=section.eval_every,
-                             hidden_weight=section.hidden_distill, **extra)
+                             hidden_weight=section.hidden_distill,
+                             average=section.average, **extra)
 
     def teacher_model(self, section) -> nn.Module | None:
         """The frozen model whose hidden states the stage distils (the fine-tuned one unless the

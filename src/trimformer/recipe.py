@@ -30,6 +30,9 @@ class StageTrain(_Strict):
     # Pruning stages: > 0 adds this weight x the MSE between the model's hidden states and the
     # fine-tuned model's after every layer (the teacher then runs at every step).
     hidden_distill: float = Field(0.0, ge=0)
+    # > 0: the stage ends on the uniform average of the weights after each of its last this fraction
+    # of steps (SWA-style tail average; the FFN stage averages its recovery steps, whose shape is fixed).
+    average: float = Field(0.0, ge=0, le=1)
 
 
 class Finetune(StageTrain):
@@ -76,6 +79,8 @@ class Attention(StageTrain):
             raise ValueError("taylor_decay shapes Taylor scores; set attention.score=taylor")
         if self.taylor_blocks != "all" and self.score != "taylor":
             raise ValueError("taylor_blocks shapes Taylor scores; set attention.score=taylor")
+        if self.average:
+            raise ValueError("average is for stages of one shape; the attention stage's masks change")
         return self
 
 

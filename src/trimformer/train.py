@@ -48,6 +48,7 @@ class TrainSettings:
     eval_every: int | None = None
     bf16: bool = False  # autocast the forward to bfloat16 (GPUs); optimiser state stays float32
     hidden_weight: float = 0.0  # > 0 (with a teacher given to fit): add this x layer-wise hidden-state MSE
+    average: float = 0.0  # > 0: end on the mean of the weights after each of the last this fraction of steps
 
 
 @dataclass
@@ -56,6 +57,33 @@ class FitResult:
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     best_metric: float | None = None
+
+
+class TailAverage:
+    """The uniform mean of the parameters after each step from `begin` on (SWA-style). A running
+    mean, so one extra copy of the weights; its state is `mean` and the step count, for checkpoints."""
+
+    def __init__(self, model: nn.Module, total: int, fraction: float) -> None:
+        self.params = dict(model.named_parameters())
+        self.begin = total - max(1, round(fraction * total))
+        self.mean: dict[str, torch.Tensor] = {}
+
+    def update(self, step: int) -> None:
+        """Fold in the weights after `step` (1-based) if it is one of the averaged steps."""
+        count = step - self.begin
+        if count < 1:
+            return
+        for name, param in self.params.items():
+            if count == 1 or name not in self.mean:
+                self.mean[name] = param.detach().float().clone()
+            else:
+                self.mean[name].add_(param.detach().float() - self.mean[name], alpha=1.0 / count)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Put the mean into the model's parameters."""
+        for name, value in self.mean.items():
+            self.params[name].copy_(value.to(self.params[name].dtype))
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -134,6 +162,7 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
     # plain module that pruners, checkpoints and evaluation use.
     forward = dist.accelerator().prepare_model(model) if dist.world_size() > 1 else model
     step, best, best_state = 0, None, None
+    tail = TailAverage(model, total, settings.average) if settings.average > 0 else None
     if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
         state = load_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler)
         step = state.step
@@ -141,6 +170,8 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
         best = state.extra_meta.get("best")
         best_keys = {k[5:]: v for k, v in state.extra_tensors.items() if k.startswith("best.")}
         best_state = best_keys or None
+        if tail is not None:
+            tail.mean = {k[4:]: v.to(device) for k, v in state.extra_tensors.items() if k.startswith("avg.")}
         if extra_state is not None:
             extra_state[1]({k[6:]: v for k, v in state.extra_tensors.items() if k.startswith("extra.")}, step)
     start = time.perf_counter()
@@ -174,6 +205,10 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
             optimizer.step()
             scheduler.step()
             step += 1
+            if tail is not None:
+                tail.update(step)
+                if step == total:  # what the evaluation below and the caller see
+                    tail.apply()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", **({main_metric: f"{best:.4f}"} if best is not None else {}))
             epoch_end = step % steps_per_epoch == 0 or step == total
@@ -186,6 +221,7 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
                 model.train()
             if checkpoint_dir is not None and (step % settings.checkpoint_every == 0 or epoch_end) and step < total:
                 extra = {f"best.{k}": v for k, v in (best_state or {}).items()}
+                extra.update({f"avg.{k}": v for k, v in (tail.mean if tail is not None else {}).items()})
                 if extra_state is not None:
                     extra.update({f"extra.{k}": v for k, v in extra_state[0]().items()})
                 if dist.is_main():
