@@ -148,6 +148,23 @@ def test_compare_latency_of_a_model_with_itself_is_about_one():
     assert 0.5 < result.speedup < 2.0
 
 
+def test_compare_latency_in_passes_reports_the_median_pass(monkeypatch):
+    import trimformer.bench as bench
+
+    candidate_seconds = iter([0.5, 0.25, 1.0])  # speedups x2, x4, x1 against a reference of 1 s
+
+    def fake_time_models(models, *args, **kwargs):
+        stats = [bench.LatencyStats(median_s=s, p10_s=s, p90_s=s, n=3) for s in (1.0, next(candidate_seconds))]
+        return stats[: len(models)]
+
+    monkeypatch.setattr(bench, "time_models", fake_time_models)
+    result = compare_latency(tiny_bert(), tiny_bert(), batch_size=B, seq_len=S, passes=3)
+    assert result.pass_speedups == (2.0, 4.0, 1.0)
+    assert result.speedup == 2.0 and result.candidate.median_s == 0.5  # the median pass, whole
+    with pytest.raises(ValueError, match="passes"):
+        compare_latency(tiny_bert(), tiny_bert(), batch_size=B, seq_len=S, passes=0)
+
+
 def test_compare_latency_across_families():
     result = compare_latency(tiny_bert(), tiny_distilbert(), batch_size=B, seq_len=S, warmup=1, repeats=3)
     assert result.speedup > 0

@@ -55,6 +55,12 @@ def test_eval_and_bench_on_missing_model(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "missing"), "--task", "sst2"]) == 2
 
 
+@pytest.mark.parametrize("flag", ["--passes", "--repeats", "--batch-size"])
+def test_bench_with_a_count_below_one_exits_2(tmp_path, capsys, flag):
+    assert main(["bench", str(tmp_path / "missing"), flag, "0"]) == 2
+    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err  # before the model is looked for
+
+
 def test_timing_on_a_missing_gpu_exits_2_before_training(tmp_path, capsys):
     import torch
 

@@ -36,6 +36,8 @@ def test_every_stage_ran_and_report_is_complete(finished_run):
     assert report["heads_per_layer"] == [2, 2]  # smoke: hard movement at 0.5 on whole heads
     assert report["ffn_per_layer"] == [32, 32]  # 3 rounds compounding to 0.5
     assert report["params_after"] < report["params_before"] and report["flops_ratio"] > 1
+    passes = report["extra"]["speedup_passes"]  # bench.passes (3) timings of the final model; the median reported
+    assert len(passes) == 3 and report["speedup"] == sorted(passes)[1]
     assert (out / "report.md").read_text().count("|") > 20
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "run.log").stat().st_size > 0
@@ -292,6 +294,59 @@ def test_ffn_multiple_lands_every_layer_exactly_on_a_multiple(tmp_path):
                  "target.ffn_multiple=21", "--stop-after", "ffn", "--resume"]) == 0
     heads, ffn = layer_widths(load_pruned(out / "stages" / "ffn" / "model"))
     assert heads == [3, 3] and ffn == [42, 42]
+
+
+@pytest.mark.parametrize("allocation", ["recipe", "uniform"])
+def test_target_allocation_uniform_keeps_the_timed_shape_in_every_layer(tmp_path, allocation):
+    """Under a recipe that ranks heads and channels across layers, `target.allocation=uniform` (what
+    `auto` picks when the shapes are timed on a GPU) gives every layer exactly the timed shape;
+    `recipe` keeps the recipe's spread (here uneven)."""
+    from trimformer.bench import layer_widths
+    from trimformer.io import load_pruned
+
+    glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out"
+    save_choice(out, 1.5, 2, 32)
+    assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe",
+                 "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "--target-speedup", "1.5",
+                 "attention.allocation=global", "ffn.allocation=global", f"target.allocation={allocation}",
+                 "--stop-after", "ffn", "--resume"]) == 0
+    heads, ffn = layer_widths(load_pruned(out / "stages" / "ffn" / "model"))
+    assert sum(heads) == 4 and abs(sum(ffn) - 64) <= 2  # about the same totals either way (global rounds)
+    logged = "every layer keeps the timed shape" in (out / "run.log").read_text()
+    if allocation == "uniform":
+        assert heads == [2, 2] and ffn == [32, 32] and logged
+    else:
+        assert (heads, ffn) != ([2, 2], [32, 32]) and not logged
+
+
+def test_target_allocation_auto_is_uniform_only_when_timed_on_a_gpu():
+    from trimformer.recipe import Bench, Target
+
+    assert Target().uniform(Bench(device="cuda")) and not Target().uniform(Bench(device="cpu"))
+    assert Target(allocation="uniform").uniform(Bench())
+    assert not Target(allocation="recipe").uniform(Bench(device="cuda"))
+
+
+def test_a_speedup_off_target_is_reported_with_a_warning(tmp_path, monkeypatch):
+    """The report's timing (faked: x1.0 in every pass) lands 33% under the x1.5 asked for: the report
+    records it and the log says so, naming the shapes and how to re-time."""
+    import trimformer.summarize as summarize
+    from trimformer.bench import LatencyComparison, LatencyStats
+
+    def flat(dense, candidate, *args, **kwargs):
+        stats = LatencyStats(median_s=0.01, p10_s=0.01, p90_s=0.01, n=3)
+        return LatencyComparison(reference=stats, candidate=stats, speedup=1.0, pass_speedups=(1.0,) * 3)
+
+    monkeypatch.setattr(summarize, "compare_latency", flat)
+    glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out"
+    save_choice(out, 1.5, 2, 32)
+    assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe",
+                 "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "--target-speedup", "1.5", "--resume"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["extra"]["achieved_over_target"] == pytest.approx(1 / 1.5)
+    assert "achieved x1.00 against the target x1.50 (67%)" in (out / "run.log").read_text()
 
 
 def test_regression_trains_on_labels_when_distill_regression_is_off(tmp_path):

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seq-len", type=int, default=128)
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument("--passes", type=int, default=3, help="time the pair this many times; report the median pass")
     bench.add_argument("--threads", type=int)
     bench.add_argument("--device", default="cpu", help="cpu or cuda (time there)")
     bench.add_argument("--bf16", action="store_true", help="autocast the timed forwards to bfloat16")
@@ -182,17 +183,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.device.startswith("cuda") and not _cuda_available():
         raise UsageError("--device cuda: torch sees no CUDA device here")
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--seq-len", args.seq_len, 1),
+                               ("--repeats", args.repeats, 1), ("--passes", args.passes, 1),
+                               ("--warmup", args.warmup, 0)):
+        if value < least:
+            raise UsageError(f"{flag} must be at least {least}, got {value}")
     model = load_pruned(args.model_dir)
     dense = dense_reference(args.model_dir)
     sizes = size_report(dense, model, args.batch_size, args.seq_len)
     latency = compare_latency(dense, model, args.batch_size, args.seq_len, args.threads, args.warmup, args.repeats,
-                              device=args.device, bf16=args.bf16, compile=args.compile)
+                              device=args.device, bf16=args.bf16, compile=args.compile, passes=args.passes)
     result = {
         "model_dir": args.model_dir, "batch_size": args.batch_size, "seq_len": args.seq_len,
         "params": {"dense": sizes.params_before, "model": sizes.params_after},
         "flops": {"dense": sizes.flops_before.total, "model": sizes.flops_after.total, "ratio": sizes.flops_ratio},
         "latency_s": {"dense": latency.reference.median_s, "model": latency.candidate.median_s},
-        "speedup": latency.speedup, "repeats": args.repeats, "threads": args.threads,
+        "speedup": latency.speedup, "speedup_passes": list(latency.pass_speedups), "repeats": args.repeats,
+        "passes": args.passes, "threads": args.threads,
         "device": args.device, "bf16": args.bf16, "compile": args.compile,
     }
     print(json.dumps(result, indent=2))

@@ -292,6 +292,11 @@ class Run:
         self.recipe.attention.sparsity = 1 - heads / st.num_heads
         self.recipe.ffn.rule = "fixed"
         self.recipe.ffn.sparsity = 1 - ffn / st.intermediate_size
+        spread = self.recipe.attention.allocation != "layer" or self.recipe.ffn.allocation != "layer"
+        if spread and self.recipe.target.uniform(self.recipe.bench):
+            log.info("target: every layer keeps the timed shape (target.allocation=%s, timed on %s), not the "
+                     "recipe's global spread", self.recipe.target.allocation, self.recipe.bench.device)
+            self.recipe.attention.allocation = self.recipe.ffn.allocation = "layer"
         log.info("target x%.2f: %d heads and %d FFN channels per layer (head ratio %g; the saved choice measured "
                  "x%.2f for %d and %d)", choice["target_speedup"], heads, ffn, head_ratio,
                  choice["measured_speedup"], choice["heads"], choice["ffn"])

@@ -154,6 +154,9 @@ class Bench(_Strict):
     seq_len: int = Field(128, ge=1)
     warmup: int = Field(2, ge=0)
     repeats: int = Field(10, ge=1)
+    # The report times the final model against the dense one this many times over and keeps the median
+    # pass (on a shared 2-core VM one pass strayed 15% from its shape's figure in the shape search).
+    passes: int = Field(3, ge=1)
     threads: int | None = None
     device: Literal["cpu", "cuda"] = "cpu"
     bf16: bool = False  # autocast the timed forwards to bfloat16
@@ -169,6 +172,17 @@ class Target(_Strict):
     # The FFN width is a multiple of this (GPU kernels want multiples of 64: an FFN of 1,100 channels
     # ran 1.6x slower than 1,088 on an H200). Exact per layer with `ffn.allocation: layer`.
     ffn_multiple: int = Field(1, ge=1)
+    # Whether every layer keeps exactly the timed shape: 'uniform' (attention and FFN allocated per
+    # layer), 'recipe' (the recipe's allocation: `global` spreads the same totals over the layers as
+    # the scores say), 'auto' (uniform when the shapes are timed on a GPU). On the CPU a spread moved
+    # the speedup by 1-2% (bench/results/uneven_shapes.json); on an H100 under CUDA graphs the spread
+    # [5, 9, 5, 1, 1, 3] heads and FFN 1354..64 timed x1.16 where its uniform shape, 4 heads and 576
+    # channels, timed x1.49 (bench/results/gpu_target_run): a GPU's cost is not linear in the width.
+    allocation: Literal["auto", "uniform", "recipe"] = "auto"
+
+    def uniform(self, bench: Bench) -> bool:
+        """Whether each layer keeps exactly the timed shape, for shapes timed as `bench` says."""
+        return self.allocation == "uniform" or (self.allocation == "auto" and bench.device == "cuda")
 
 
 class Recipe(_Strict):

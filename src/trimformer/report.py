@@ -53,7 +53,7 @@ class RunReport:
     stage_seconds: dict[str, float]
     model_dir: str
     points: list[StagePoint]
-    extra: dict[str, float | str | int] = field(default_factory=dict)
+    extra: dict[str, float | str | int | list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict whose keys are exactly the field names."""
