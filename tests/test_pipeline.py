@@ -323,9 +323,9 @@ def test_target_allocation_uniform_keeps_the_timed_shape_in_every_layer(tmp_path
 def test_target_allocation_auto_is_uniform_only_when_timed_on_a_gpu():
     from trimformer.recipe import Bench, Target
 
-    assert Target().uniform(Bench(device="cuda")) and not Target().uniform(Bench(device="cpu"))
-    assert Target(allocation="uniform").uniform(Bench())
-    assert not Target(allocation="recipe").uniform(Bench(device="cuda"))
+    assert Target().keeps_timed_shape(Bench(device="cuda")) and not Target().keeps_timed_shape(Bench(device="cpu"))
+    assert Target(allocation="uniform").keeps_timed_shape(Bench())
+    assert not Target(allocation="recipe").keeps_timed_shape(Bench(device="cuda"))
 
 
 def test_a_speedup_off_target_is_reported_with_a_warning(tmp_path, monkeypatch):
@@ -346,7 +346,9 @@ def test_a_speedup_off_target_is_reported_with_a_warning(tmp_path, monkeypatch):
                  "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "--target-speedup", "1.5", "--resume"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["extra"]["achieved_over_target"] == pytest.approx(1 / 1.5)
-    assert "achieved x1.00 against the target x1.50 (67%)" in (out / "run.log").read_text()
+    logged = (out / "run.log").read_text()
+    assert "achieved x1.00 against the target x1.50 (67%): its layers keep the 2 heads and 32 channels" in logged
+    assert report["extra"]["attention_allocation"] == "layer"
 
 
 def test_regression_trains_on_labels_when_distill_regression_is_off(tmp_path):

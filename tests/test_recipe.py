@@ -37,6 +37,9 @@ def test_overrides_are_typed_and_nested():
     (["attention.mode=hard", "attention.taylor_decay=0.9"], "taylor_decay"),
     (["ffn.score=weights"], "ffn.score"),
     (["attention.mode=hard", "attention.taylor_blocks=output"], "taylor_blocks"),
+    (["attention.average=0.5"], "the attention stage's masks change"),
+    (["ffn.average=0.5"], "set ffn.recover"),
+    (["distil.average=1.5"], "distil.average"),
 ])
 def test_bad_overrides(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):

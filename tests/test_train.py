@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 
 from tests.models import tiny_bert
+from trimformer.checkpoint import CheckpointError, load_checkpoint
 from trimformer.glue import get_task
 from trimformer.train import TrainSettings, fit
 
@@ -115,7 +119,26 @@ def test_tail_average_survives_a_resume(tmp_path):
             on_optimizer=stop_at_step_8)
     except Stop:
         pass
+    saved = load_checkpoint(tmp_path / "ckpt", model=tiny_bert(seed=0), restore_rng=False)
+    assert saved.step == 6 and saved.extra_meta["average_first"] == 4  # inside the window: steps 4-12
+    assert {k for k in saved.extra_tensors if k.startswith("avg.")}
+    with pytest.raises(CheckpointError, match="averages from step 2"):  # `average` changed since
+        fit(tiny_bert(seed=0), get_task("sst2"), make_set(), collate, replace(settings, average=0.9),
+            checkpoint_dir=tmp_path / "ckpt")
     resumed = tiny_bert(seed=0)
     fit(resumed, get_task("sst2"), make_set(), collate, settings, checkpoint_dir=tmp_path / "ckpt")
     for (name, a), b in zip(whole.named_parameters(), resumed.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_tail_average_is_kept_over_an_evaluations_best_weights():
+    """With `keep_best`, an evaluation's raw weights do not replace the average the stage ends on."""
+    model = tiny_bert(seed=0)
+    scores = iter([1.0, 0.1, 0.1])  # the first evaluation (step 4) would be the best
+    settings = TrainSettings(max_steps=12, batch_size=4, lr=1e-2, average=0.25, keep_best=True, eval_every=4)
+    seen = []
+    fit(model, get_task("sst2"), make_set(), collate, settings, evaluate_fn=lambda m: {"accuracy": next(scores, 0.1)},
+        on_optimizer=lambda opt: opt.register_step_post_hook(lambda *_: seen.append(
+            {k: v.detach().clone() for k, v in model.named_parameters()})))
+    expected = torch.stack([weights["classifier.weight"] for weights in seen[-3:]]).mean(0)
+    assert torch.allclose(model.classifier.weight, expected, atol=1e-6)

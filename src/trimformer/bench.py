@@ -48,7 +48,7 @@ class LatencyComparison:
     reference: LatencyStats
     candidate: LatencyStats
     speedup: float
-    pass_speedups: tuple[float, ...] = ()  # every pass's speedup when timed in several passes
+    pass_speedups: tuple[float, ...] = ()  # every pass's speedup, in order (compare_latency fills it)
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,7 @@ class Run:
         self.out = Path(options.output_dir)
         self.task = data.task
         self.device = resolve_device(options.device)
+        self.target_shape: tuple[int, int] | None = None  # heads, FFN channels a layer: set by apply_target
 
     def stage_dir(self, stage: str) -> Path:
         return self.out / "stages" / stage
@@ -292,8 +293,9 @@ class Run:
         self.recipe.attention.sparsity = 1 - heads / st.num_heads
         self.recipe.ffn.rule = "fixed"
         self.recipe.ffn.sparsity = 1 - ffn / st.intermediate_size
+        self.target_shape = (heads, ffn)
         spread = self.recipe.attention.allocation != "layer" or self.recipe.ffn.allocation != "layer"
-        if spread and self.recipe.target.uniform(self.recipe.bench):
+        if spread and self.recipe.target.keeps_timed_shape(self.recipe.bench):
             log.info("target: every layer keeps the timed shape (target.allocation=%s, timed on %s), not the "
                      "recipe's global spread", self.recipe.target.allocation, self.recipe.bench.device)
             self.recipe.attention.allocation = self.recipe.ffn.allocation = "layer"

@@ -31,7 +31,8 @@ class StageTrain(_Strict):
     # fine-tuned model's after every layer (the teacher then runs at every step).
     hidden_distill: float = Field(0.0, ge=0)
     # > 0: the stage ends on the uniform average of the weights after each of its last this fraction
-    # of steps (SWA-style tail average; the FFN stage averages its recovery steps, whose shape is fixed).
+    # of steps (SWA-style tail average; the FFN stage averages its recovery steps, whose shape is fixed;
+    # a stage that keeps its best weights by evaluation keeps the average instead).
     average: float = Field(0.0, ge=0, le=1)
 
 
@@ -144,6 +145,12 @@ class Ffn(StageTrain):
     # so the MSE is exactly what the cuts changed and the training repairs that.
     hidden_teacher: Literal["finetune", "distil"] = "finetune"
 
+    @model_validator(mode="after")
+    def _average_needs_recovery(self) -> Ffn:
+        if self.average and not self.recover:
+            raise ValueError("average is taken over the recovery steps (the rounds change the shape); set ffn.recover")
+        return self
+
 
 class Bench(_Strict):
     """How the report's speedup and `--target-speedup`'s shapes are timed (dense and pruned in one
@@ -155,7 +162,8 @@ class Bench(_Strict):
     warmup: int = Field(2, ge=0)
     repeats: int = Field(10, ge=1)
     # The report times the final model against the dense one this many times over and keeps the median
-    # pass (on a shared 2-core VM one pass strayed 15% from its shape's figure in the shape search).
+    # pass (on a shared 2-core VM one pass strayed 15% from its shape's figure in the shape search). The
+    # heads stage's figure is one pass; under `compile` every pass compiles both models again.
     passes: int = Field(3, ge=1)
     threads: int | None = None
     device: Literal["cpu", "cuda"] = "cpu"
@@ -180,7 +188,7 @@ class Target(_Strict):
     # channels, timed x1.49 (bench/results/gpu_target_run): a GPU's cost is not linear in the width.
     allocation: Literal["auto", "uniform", "recipe"] = "auto"
 
-    def uniform(self, bench: Bench) -> bool:
+    def keeps_timed_shape(self, bench: Bench) -> bool:
         """Whether each layer keeps exactly the timed shape, for shapes timed as `bench` says."""
         return self.allocation == "uniform" or (self.allocation == "auto" and bench.device == "cuda")
 

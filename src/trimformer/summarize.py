@@ -18,6 +18,18 @@ from trimformer.report import RunReport, StagePoint, total_sparsity, write_repor
 SHAPE_STAGES = {"heads": "heads", "distil": "heads", "ffn": "ffn", "final_distil": "ffn"}
 
 
+def warn_off_target(achieved: float, target: float, heads: list[int], ffn: list[int],
+                    fitted: tuple[int, int], model_dir: Path) -> None:
+    """Say so when the final model's speedup is more than 10% off the target, and what may explain it."""
+    uneven = len(set(heads)) > 1 or len(set(ffn)) > 1
+    why = (f"its layers keep heads {heads} and FFN {ffn}, spread from the {fitted[0]} heads and {fitted[1]} "
+           "channels a layer the target was fitted on (target.allocation=uniform keeps those)" if uneven else
+           f"its layers keep the {fitted[0]} heads and {fitted[1]} channels the target was fitted on, so the "
+           "timing strayed or the latency line misjudged this shape")
+    log.warning("achieved x%.2f against the target x%.2f (%.0f%%): %s; `trimformer bench %s` re-times it",
+                achieved, target, 100 * achieved / target, why, model_dir)
+
+
 def summarize(run: Run) -> RunReport:
     """Write `<out>/model` (the final pruned model) and `report.{json,md,png}`; return the report."""
     out, recipe, task = run.out, run.recipe, run.task
@@ -73,13 +85,11 @@ def summarize(run: Run) -> RunReport:
         choice = json.loads(target.read_text())
         report.extra.update({"target_speedup": choice["target_speedup"], "target_heads": choice["heads"],
                              "target_ffn": choice["ffn"], "calibrated_speedup": choice["measured_speedup"],
-                             "achieved_over_target": latency.speedup / choice["target_speedup"]})
+                             "achieved_over_target": latency.speedup / choice["target_speedup"],
+                             "attention_allocation": recipe.attention.allocation,
+                             "ffn_allocation": recipe.ffn.allocation})
         if abs(latency.speedup / choice["target_speedup"] - 1) > 0.1:
-            # Said, not hidden: the shape was fitted on uniform shapes timed against the dense model.
-            log.warning("achieved x%.2f against the target x%.2f (%.0f%%): the final shape (heads %s, FFN %s) "
-                        "times otherwise than the shape it was fitted on (%d heads, %d channels a layer); "
-                        "`trimformer bench %s` re-times it, and target.allocation=uniform keeps the fitted shape",
-                        latency.speedup, choice["target_speedup"], 100 * latency.speedup / choice["target_speedup"],
-                        heads, ffn, choice["heads"], choice["ffn"], final_dir)
+            warn_off_target(latency.speedup, choice["target_speedup"], heads, ffn,
+                            run.target_shape or (choice["heads"], choice["ffn"]), final_dir)
     write_report(report, out)
     return report

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from trimformer import dist
-from trimformer.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from trimformer.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, save_checkpoint
 from trimformer.distill import hidden_loss, kd_loss
 from trimformer.glue import TaskSpec
 from trimformer.glue_metrics import combine_splits, compute_metrics
@@ -45,6 +45,7 @@ class TrainSettings:
     seed: int = 1024
     checkpoint_every: int = 100
     keep_best: bool = False  # evaluate at each epoch end (and every `eval_every` steps); keep the best weights
+    # (off when `average` > 0: the stage then ends on the average)
     eval_every: int | None = None
     bf16: bool = False  # autocast the forward to bfloat16 (GPUs); optimiser state stays float32
     hidden_weight: float = 0.0  # > 0 (with a teacher given to fit): add this x layer-wise hidden-state MSE
@@ -60,24 +61,25 @@ class FitResult:
 
 
 class TailAverage:
-    """The uniform mean of the parameters after each step from `begin` on (SWA-style). A running
-    mean, so one extra copy of the weights; its state is `mean` and the step count, for checkpoints."""
+    """The uniform mean of the parameters after each of the last `round(fraction * total)` steps
+    (SWA-style), kept as a running mean: one extra float32 copy of the weights. Checkpoints carry
+    `mean` and `first` (the first averaged step); the step count follows from the step."""
 
     def __init__(self, model: nn.Module, total: int, fraction: float) -> None:
         self.params = dict(model.named_parameters())
-        self.begin = total - max(1, round(fraction * total))
+        self.first = total - max(1, round(fraction * total)) + 1
         self.mean: dict[str, torch.Tensor] = {}
 
     def update(self, step: int) -> None:
         """Fold in the weights after `step` (1-based) if it is one of the averaged steps."""
-        count = step - self.begin
+        count = step - self.first + 1
         if count < 1:
             return
         for name, param in self.params.items():
-            if count == 1 or name not in self.mean:
+            if count == 1:
                 self.mean[name] = param.detach().float().clone()
             else:
-                self.mean[name].add_(param.detach().float() - self.mean[name], alpha=1.0 / count)
+                self.mean[name].lerp_(param.detach().float(), 1.0 / count)
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -163,6 +165,8 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
     forward = dist.accelerator().prepare_model(model) if dist.world_size() > 1 else model
     step, best, best_state = 0, None, None
     tail = TailAverage(model, total, settings.average) if settings.average > 0 else None
+    # The stage ends on the average: an earlier evaluation's raw weights must not replace it.
+    keep_best = settings.keep_best and tail is None
     if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
         state = load_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler)
         step = state.step
@@ -171,6 +175,10 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
         best_keys = {k[5:]: v for k, v in state.extra_tensors.items() if k.startswith("best.")}
         best_state = best_keys or None
         if tail is not None:
+            saved_first = state.extra_meta.get("average_first")
+            if step >= tail.first and saved_first != tail.first:
+                raise CheckpointError(f"{checkpoint_dir}: saved at step {step} averaging from step {saved_first}, "
+                                      f"but this stage averages from step {tail.first} (was `average` changed?)")
             tail.mean = {k[4:]: v.to(device) for k, v in state.extra_tensors.items() if k.startswith("avg.")}
         if extra_state is not None:
             extra_state[1]({k[6:]: v for k, v in state.extra_tensors.items() if k.startswith("extra.")}, step)
@@ -213,7 +221,7 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
             bar.set_postfix(loss=f"{loss.item():.4f}", **({main_metric: f"{best:.4f}"} if best is not None else {}))
             epoch_end = step % steps_per_epoch == 0 or step == total
             due = epoch_end or (settings.eval_every is not None and step % settings.eval_every == 0)
-            if evaluate_fn is not None and settings.keep_best and due:
+            if evaluate_fn is not None and keep_best and due:
                 metrics = evaluate_fn(model)
                 if best is None or metrics[main_metric] > best:
                     best = metrics[main_metric]
@@ -226,12 +234,13 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
                     extra.update({f"extra.{k}": v for k, v in extra_state[0]().items()})
                 if dist.is_main():
                     save_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                                    step=step, extra_tensors=extra, extra_meta={"best": best})
+                                    step=step, extra_tensors=extra, extra_meta={
+                                        "best": best, "average_first": tail.first if tail is not None else None})
                 dist.barrier()
             if step >= total:
                 break
     bar.close()
-    if settings.keep_best and best_state is not None:
+    if keep_best and best_state is not None:
         model.load_state_dict(best_state)
     if evaluate_fn is not None:
         metrics = evaluate_fn(model)
