@@ -51,7 +51,8 @@ Methods:
                five-task mean: bench/results/rh2-cpu; on the GPU behind at every target over three
                seeds, CoLA too: bench/results/frontier/README.md, fifth frontier)
   taylor_avg - taylor_reg's with the distil epoch and the FFN recovery each ending on the mean of the
-               weights after each of their last half's steps (`distil.average=0.5 ffn.average=0.5`)
+               weights after each of their last half's steps (`distil.average=0.5 ffn.average=0.5`;
+               on the GPU level with taylor_reg over three seeds: bench/results/frontier/README.md)
   taylor_reg_s1025, taylor_ra5_s1026, ... - the same methods with the stages after the shared
                fine-tune seeded 1025 or 1026 (frontier.md then has means over seeds)
 
