@@ -216,13 +216,14 @@ def test_value_rule_removes_a_head_whose_value_rows_are_masked():
 
 
 def _hard_taylor_engine(model, warm_up: int = 2, cool_down: int = 6, taylor_decay: float = 1.0,
-                        taylor_blocks: str = "all"):
+                        taylor_blocks: str = "all", fade_steps: int = 0):
     from trimformer.movement import MovementEngine
 
     names = [n for layer in model_structure(model).layers for n in layer.attention_linears]
     return MovementEngine(model, [{"op_names": names, "sparsity": 0.25}], warm_up_step=warm_up,
                           cool_down_beginning_step=cool_down, movement_mode="hard", granularity="auto",
-                          head_units=True, score="taylor", taylor_decay=taylor_decay, taylor_blocks=taylor_blocks)
+                          head_units=True, score="taylor", taylor_decay=taylor_decay, taylor_blocks=taylor_blocks,
+                          fade_steps=fade_steps)
 
 
 def test_taylor_head_scores_add_the_absolute_block_gradient_each_step():
@@ -302,3 +303,38 @@ def test_taylor_scores_refuse_soft_mode():
     with pytest.raises(ValueError, match="taylor"):
         MovementEngine(model, [{"op_names": names, "sparsity": 0.1}], warm_up_step=0, cool_down_beginning_step=1,
                        movement_mode="soft", score="taylor")
+
+
+def test_fading_heads_step_down_one_third_a_step_and_end_binary():
+    """fade_steps=3: a head that leaves the mask goes 1 -> 2/3 -> 1/3 -> 0, never faster; after the
+    cool-down the kept heads stay whole and the others finish fading, so the stage ends on 0/1 masks
+    at the configured sparsity."""
+    model = tiny_bert(LAYERS).train()
+    engine = _hard_taylor_engine(model, warm_up=2, cool_down=6, fade_steps=3)
+    history = []
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for batch in make_batches(10):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+        engine.step()
+        history.append({n: p.mask.clone() for n, p in engine.params.items()})
+    fractional = set()
+    for before, after in zip(history, history[1:], strict=False):
+        for name in after:
+            assert bool((after[name] >= before[name] - 1 / 3 - 1e-6).all())  # never faster than the fade
+            fractional |= {round(float(v), 4) for v in after[name].unique() if 0 < float(v) < 1}
+    assert fractional <= {0.3333, 0.6667} and fractional  # it did fade, in thirds
+    for mask in history[-1].values():
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    kept = sum(float(m.sum()) for m in history[-1].values())
+    assert kept == pytest.approx(0.75 * sum(m.numel() for m in history[-1].values()))
+
+
+def test_fade_steps_need_hard_mode():
+    from trimformer.movement import MovementEngine
+
+    model = tiny_bert(LAYERS)
+    names = [n for layer in model_structure(model).layers for n in layer.attention_linears]
+    with pytest.raises(ValueError, match="fade_steps"):
+        MovementEngine(model, [{"op_names": names, "sparsity": 0.25}], 2, 6, movement_mode="soft", fade_steps=2)

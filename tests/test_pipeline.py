@@ -320,6 +320,22 @@ def test_target_allocation_uniform_keeps_the_timed_shape_in_every_layer(tmp_path
         assert (heads, ffn) != ([2, 2], [32, 32]) and not logged
 
 
+def test_fading_heads_end_the_attention_stage_on_whole_heads(tmp_path):
+    """attention.fade_steps longer than the steps after the cool-down is capped to them, so every fade
+    ends inside the stage: the saved masks are 0/1 and the heads stage cuts the sparsity's heads."""
+    from safetensors.torch import load_file
+
+    glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe",
+                 "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "attention.fade_steps=50",
+                 "--stop-after", "heads"]) == 0
+    masks = load_file(out / "stages" / "attention" / "masks.safetensors")
+    assert masks and all(set(m.unique().tolist()) <= {0.0, 1.0} for m in masks.values())
+    assert json.loads((out / "stages" / "heads" / "done.json").read_text())["heads_per_layer"] == [2, 2]
+    assert "leaving heads faded out over 2 steps" in (out / "run.log").read_text()  # 8 steps, cool-down at 6
+
+
 def test_target_allocation_auto_is_uniform_only_when_timed_on_a_gpu():
     from trimformer.recipe import Bench, Target
 

@@ -39,6 +39,7 @@ def test_overrides_are_typed_and_nested():
     (["attention.mode=hard", "attention.taylor_blocks=output"], "taylor_blocks"),
     (["attention.average=0.5"], "the attention stage's masks change"),
     (["ffn.average=0.5"], "set ffn.recover"),
+    (["attention.mode=soft", "attention.fade_steps=2"], "fade_steps fades out heads in hard mode"),
     (["distil.average=1.5"], "distil.average"),
 ])
 def test_bad_overrides(overrides, fragment):

@@ -41,7 +41,7 @@ class MovementEngine:
                  regular_scale: float = 1.0, movement_mode: str = "hard", granularity: GranularitySpec = "finegrained",
                  score_lr: float = 1.0, head_units: bool = False, score_optimizer: str = "sgd",
                  threshold: float = 0.0, head_allocation: str = "layer", score: str = "movement",
-                 taylor_decay: float = 1.0, taylor_blocks: str = "all"):
+                 taylor_decay: float = 1.0, taylor_blocks: str = "all", fade_steps: int = 0):
         if movement_mode not in ("hard", "soft"):
             raise ValueError(f"movement_mode must be 'hard' or 'soft', got {movement_mode!r}")
         if score_optimizer not in ("sgd", "adam"):
@@ -54,6 +54,11 @@ class MovementEngine:
         if taylor_blocks not in ("all", "output") or (taylor_blocks == "output" and not output_ok):
             raise ValueError("taylor_blocks must be 'all', or 'output' with taylor scores on whole heads; "
                              f"got {taylor_blocks!r}")
+        if fade_steps < 0 or (fade_steps and movement_mode != "hard"):
+            raise ValueError(f"fade_steps must be >= 0, and only in hard mode; got {fade_steps} in {movement_mode}")
+        # > 0: a block leaving the mask fades out linearly over this many steps rather than at once,
+        # so the rest of the model takes its share over while it still contributes.
+        self.fade_steps = int(fade_steps)
         self.score = score
         self.taylor_blocks = taylor_blocks
         self.taylor_decay = float(taylor_decay)
@@ -115,9 +120,24 @@ class MovementEngine:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
+        if self.step_count > self.cool_down and self.fade_steps:
+            self._finish_fades()
         if self.step_count < self.warm_up or self.step_count > self.cool_down:
             return
         self.refresh_masks()
+
+    def _set_mask(self, param: MovementMask, hard: torch.Tensor) -> None:
+        """Take `hard` (0/1) as the mask, or with fading, let blocks that left it step down towards 0."""
+        if self.fade_steps:
+            faded = (param.mask - 1.0 / self.fade_steps).clamp_min(0.0)
+            hard = torch.maximum(hard.to(param.mask.dtype), torch.where(faded < 1e-6, 0.0, faded))
+        param.mask.copy_(hard)
+
+    @torch.no_grad()
+    def _finish_fades(self) -> None:
+        """After the cool-down the kept blocks are fixed (mask 1); the others go on fading to 0."""
+        for param in self.params.values():
+            self._set_mask(param, (param.mask >= 1.0).float())
 
     def refresh_masks(self) -> None:
         """Recompute every mask from the current scores."""
@@ -130,7 +150,7 @@ class MovementEngine:
             else:
                 masks = self.pruner.compute_masks(self.ramp(self.step_count))
                 for name, tensors in masks.items():
-                    self.params[name].mask.copy_(tensors["weight"])
+                    self._set_mask(self.params[name], tensors["weight"])
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Scores and masks, for checkpoints (safetensors-friendly keys)."""

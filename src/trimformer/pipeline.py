@@ -187,10 +187,12 @@ class Run:
                                 head_units=section.mode == "hard", score_optimizer=section.score_optimizer,
                                 threshold=section.threshold, head_allocation=section.allocation,
                                 score=section.score, taylor_decay=section.taylor_decay,
-                                taylor_blocks=section.taylor_blocks)
+                                taylor_blocks=section.taylor_blocks,
+                                fade_steps=min(section.fade_steps, steps - int(section.cool_down * steps)))
         if section.mode == "hard":
             decay = f" (moving sums, decay {engine.taylor_decay:g} a step)" if engine.taylor_decay < 1 else ""
             decay += " over the output blocks alone" if engine.taylor_blocks == "output" else ""
+            decay += f", leaving heads faded out over {engine.fade_steps} steps" if engine.fade_steps else ""
             log.info("attention: %s heads ranked by %s scores%s", section.allocation, engine.score, decay)
         train_set = self.teacher_set() if section.distill else self.data.train
         result = fit(model, self.task, train_set, self.data.collate, settings, evaluate_fn=self.evaluate,

@@ -69,6 +69,9 @@ class Attention(StageTrain):
     # tokens of h * dL/dh| for the head's context vectors h, the loss change of removing the head
     # (Michel et al. 2019), where zeroing its q or k rows leaves it attending uniformly.
     taylor_blocks: Literal["all", "output"] = "all"
+    # Hard mode: a head leaving the mask fades out linearly over this many steps instead of at once
+    # (capped so every fade ends by the stage's last step).
+    fade_steps: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _taylor_is_hard(self) -> Attention:
@@ -82,6 +85,8 @@ class Attention(StageTrain):
             raise ValueError("taylor_blocks shapes Taylor scores; set attention.score=taylor")
         if self.average:
             raise ValueError("average is for stages of one shape; the attention stage's masks change")
+        if self.fade_steps and self.mode != "hard":
+            raise ValueError("fade_steps fades out heads in hard mode; set attention.mode=hard")
         return self
 
 
