@@ -53,6 +53,8 @@ Methods:
   taylor_avg - taylor_reg's with the distil epoch and the FFN recovery each ending on the mean of the
                weights after each of their last half's steps (`distil.average=0.5 ffn.average=0.5`;
                on the GPU level with taylor_reg over three seeds: bench/results/frontier/README.md)
+  taylor_fade - taylor_reg's with each head that leaves the attention mask faded out over 30 steps
+               (`attention.fade_steps=30`; capped on small tasks to the steps after the cool-down)
   taylor_reg_s1025, taylor_ra5_s1026, ... - the same methods with the stages after the shared
                fine-tune seeded 1025 or 1026 (frontier.md then has means over seeds)
 
@@ -128,13 +130,15 @@ TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": []
                   "taylor_hid": [*TAYLOR_RA5, *HIDDEN],
                   "taylor_kd": [*TAYLOR_REG, "distil.alpha=0", "ffn.alpha=0"],
                   "taylor_rh2": [*TAYLOR_REG, "target.head_ratio=2"],
-                  "taylor_avg": [*TAYLOR_REG, "distil.average=0.5", "ffn.average=0.5"]}
+                  "taylor_avg": [*TAYLOR_REG, "distil.average=0.5", "ffn.average=0.5"],
+                  "taylor_fade": [*TAYLOR_REG, "attention.fade_steps=30"]}
 # The same methods with the stages after the shared fine-tune seeded differently (data order, dropout):
 # one CoLA point moves 3-4 MCC points from seed to seed, as much as most switches, so the top methods
 # need a few seeds each before one is preferred (frontier.md then adds a table of means over seeds).
 SEEDS = (1025, 1026)
 TARGET_METHODS.update({f"{method}_s{seed}": [*TARGET_METHODS[method], f"seed={seed}"]
-                       for method in ("taylor_reg", "taylor_ra5", "taylor_kd", "taylor_rh2", "taylor_avg")
+                       for method in ("taylor_reg", "taylor_ra5", "taylor_kd", "taylor_rh2", "taylor_avg",
+                                      "taylor_fade")
                        for seed in SEEDS})
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
