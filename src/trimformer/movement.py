@@ -22,7 +22,9 @@ class MovementEngine:
     soft mode reads the config's sparsity as this threshold, 0.1 in the tutorial); an L1 penalty on
     sigmoid(scores), weighted by `regular_scale` (ramped the same way), pushes scores down, so a
     larger `regular_scale` prunes more. Masks are all ones before `warm_up_step` and frozen from
-    `cool_down_beginning_step` on.
+    `cool_down_beginning_step` on. Hard mode with `fade_steps` > 0: a block leaving the mask steps
+    down by 1 / fade_steps a step instead of going at once (so the kept share trails the schedule by
+    up to that many steps); after the cool-down the kept set is fixed and the rest finish fading.
 
     Scores train with plain SGD at `score_lr` by default, so a score is the accumulated movement;
     `score_optimizer="adam"` (lr 1e-2 in NNI) is what the NNI tutorial ran.
@@ -128,16 +130,23 @@ class MovementEngine:
 
     def _set_mask(self, param: MovementMask, hard: torch.Tensor) -> None:
         """Take `hard` (0/1) as the mask, or with fading, let blocks that left it step down towards 0."""
+        hard = hard.to(param.mask.device, param.mask.dtype)  # the allocator's masks are CPU tensors
         if self.fade_steps:
             faded = (param.mask - 1.0 / self.fade_steps).clamp_min(0.0)
-            hard = torch.maximum(hard.to(param.mask.dtype), torch.where(faded < 1e-6, 0.0, faded))
+            hard = torch.maximum(hard, torch.where(faded < 1e-6, 0.0, faded))
         param.mask.copy_(hard)
 
     @torch.no_grad()
     def _finish_fades(self) -> None:
-        """After the cool-down the kept blocks are fixed (mask 1); the others go on fading to 0."""
+        """After the cool-down the kept blocks are fixed (mask 1); the others go on fading to 0, and
+        `fade_steps` after it are 0 exactly (float steps of 1/n can leave a last sliver)."""
+        done = self.step_count >= self.cool_down + self.fade_steps
         for param in self.params.values():
-            self._set_mask(param, (param.mask >= 1.0).float())
+            keep = (param.mask >= 1.0).float()
+            if done:
+                param.mask.copy_(keep)
+            else:
+                self._set_mask(param, keep)
 
     def refresh_masks(self) -> None:
         """Recompute every mask from the current scores."""

@@ -189,6 +189,9 @@ class Run:
                                 score=section.score, taylor_decay=section.taylor_decay,
                                 taylor_blocks=section.taylor_blocks,
                                 fade_steps=min(section.fade_steps, steps - int(section.cool_down * steps)))
+        if engine.fade_steps < section.fade_steps:
+            log.warning("attention.fade_steps=%d capped to %d: every fade must end by the stage's last step, "
+                        "%d steps after the cool-down", section.fade_steps, engine.fade_steps, engine.fade_steps)
         if section.mode == "hard":
             decay = f" (moving sums, decay {engine.taylor_decay:g} a step)" if engine.taylor_decay < 1 else ""
             decay += " over the output blocks alone" if engine.taylor_blocks == "output" else ""
