@@ -14,6 +14,8 @@ target=${TARGET:-1.5}
 run=/tmp/gpu_target_run
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
 SECONDS=0
+printf '{"command": "TARGET=%s bash bench/gpu_target_run.sh", "device_tool_carry": [".whl", ".devcarry"]}\n' "$target" \
+  > "$OUT/command.json"
 python3 -m trimformer run --model .devcarry/model --task sst2 --glue-dir .devcarry/glue --recipe trimformer \
   --output-dir "$run" --bf16 --target-speedup "$target" bench.device=cuda bench.bf16=true bench.compile=true \
   bench.batch_size=256 bench.repeats=50 target.ffn_multiple=64 2>&1 | grep -v "it/s\]" | tail -60

@@ -178,17 +178,18 @@ class Run:
         names = [n for layer in structure.layers for n in layer.attention_linears]
         settings = self.settings(section, distill=section.distill)
         steps = settings.max_steps or max(1, round(settings.epochs * -(-len(self.data.train) // settings.batch_size)))
+        cool_down = int(section.cool_down * steps)
         # Hard mode ranks whole heads (q, k, v rows + output columns together), so shrinking removes them.
         engine = MovementEngine(model, [{"op_names": names, "sparsity": section.sparsity}],
                                 warm_up_step=int(section.warm_up * steps),
-                                cool_down_beginning_step=int(section.cool_down * steps),
+                                cool_down_beginning_step=cool_down,
                                 regular_scale=section.regular_scale, movement_mode=section.mode,
                                 granularity=section.granularity, score_lr=section.score_lr,
                                 head_units=section.mode == "hard", score_optimizer=section.score_optimizer,
                                 threshold=section.threshold, head_allocation=section.allocation,
                                 score=section.score, taylor_decay=section.taylor_decay,
                                 taylor_blocks=section.taylor_blocks,
-                                fade_steps=min(section.fade_steps, steps - int(section.cool_down * steps)))
+                                fade_steps=min(section.fade_steps, steps - cool_down))
         if engine.fade_steps < section.fade_steps:
             log.warning("attention.fade_steps=%d capped to %d: every fade must end by the stage's last step, "
                         "%d steps after the cool-down", section.fade_steps, engine.fade_steps, engine.fade_steps)

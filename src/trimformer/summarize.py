@@ -51,9 +51,9 @@ def summarize(run: Run) -> RunReport:
         speedups[shape_stage] = comparison.speedup
         if shape_stage == "ffn":
             latency = comparison
-        log.info("speedup after %s: x%.2f%s", shape_stage, comparison.speedup, f" (median of passes "
-                 f"{', '.join(f'x{s:.2f}' for s in comparison.pass_speedups)})" if len(comparison.pass_speedups) > 1
-                 else "")
+        passes = ", ".join(f"x{s:.2f}" for s in comparison.pass_speedups)
+        log.info("speedup after %s: x%.2f%s", shape_stage, comparison.speedup,
+                 f" (median of passes {passes})" if len(comparison.pass_speedups) > 1 else "")
     sizes = size_report(dense, pruned, bench.batch_size, bench.seq_len)
     heads, ffn = layer_widths(pruned)
     main = task.main_metric
