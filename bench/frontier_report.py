@@ -10,10 +10,14 @@ import json
 import os
 import re
 import statistics
+import sys
 from pathlib import Path
 
 from trimformer.atomic import write_atomic
 from trimformer.io import write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, however this file was loaded
+from frontier_pairs import difference_lines  # noqa: E402
 
 GOALS = {2.0: 0.5, 3.0: 1.5, 5.0: 3.0}  # the mean drop (points) allowed at each speedup
 # Drawn with solid lines in the plot: the baseline, the first method and what `--recipe trimformer` runs.
@@ -182,7 +186,7 @@ def write_summary(results: Path, protocol: str) -> None:
     machines = sorted({r.get("trained_on", "CPU") for r in rows})
     protocol += " Trained on: " + "; ".join(machines) + "."
     text = ("# Frontier\n\n" + protocol + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(comparison_lines(rows))
-            + "\n" + "".join(line + "\n" for line in seed_lines(rows) + timing_lines(rows)))
+            + "\n" + "".join(line + "\n" for line in seed_lines(rows) + difference_lines(rows) + timing_lines(rows)))
     write_atomic(results / "frontier.md", text)
     import matplotlib
 

@@ -18,7 +18,7 @@ printf '{"command": "TARGET=%s bash bench/gpu_target_run.sh", "device_tool_carry
   > "$OUT/command.json"
 python3 -m trimformer run --model .devcarry/model --task sst2 --glue-dir .devcarry/glue --recipe trimformer \
   --output-dir "$run" --bf16 --target-speedup "$target" bench.device=cuda bench.bf16=true bench.compile=true \
-  bench.batch_size=256 bench.repeats=50 target.ffn_multiple=64 2>&1 | grep -v "it/s\]" | tail -60
+  bench.batch_size=256 bench.repeats=50 ffn.multiple=64 2>&1 | grep -v "it/s\]" | tail -60
 echo "run: rc=${PIPESTATUS[0]} in ${SECONDS}s"
 cp "$run"/report.json "$run"/report.md "$run"/report.png "$run"/target.json "$run"/run.log "$OUT"/ 2>/dev/null
 python3 -m trimformer bench "$run/model" --device cuda --bf16 --compile --batch-size 256 --seq-len 128 \

@@ -280,7 +280,7 @@ def test_a_resumed_run_re_times_a_new_target_until_the_attention_stage_begins(tm
 
 
 def test_ffn_multiple_lands_every_layer_exactly_on_a_multiple(tmp_path):
-    """`target.ffn_multiple` re-splits a saved latency choice to an FFN width that is a multiple of it,
+    """`ffn.multiple` re-splits a saved latency choice to an FFN width that is a multiple of it,
     and the per-layer FFN rounds end exactly there: 64 -> 42 channels in three rounds of equal share
     rounds to 43 unless the last round cuts to the target itself."""
     from trimformer.bench import layer_widths
@@ -291,7 +291,7 @@ def test_ffn_multiple_lands_every_layer_exactly_on_a_multiple(tmp_path):
     save_choice(out, 1.5, 3, 32)
     assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe",
                  "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "--target-speedup", "1.5",
-                 "target.ffn_multiple=21", "--stop-after", "ffn", "--resume"]) == 0
+                 "ffn.multiple=21", "--stop-after", "ffn", "--resume"]) == 0
     heads, ffn = layer_widths(load_pruned(out / "stages" / "ffn" / "model"))
     assert heads == [3, 3] and ffn == [42, 42]
 
@@ -318,6 +318,24 @@ def test_target_allocation_uniform_keeps_the_timed_shape_in_every_layer(tmp_path
         assert heads == [2, 2] and ffn == [32, 32] and logged
     else:
         assert (heads, ffn) != ([2, 2], [32, 32]) and not logged
+
+
+def test_global_ffn_allocation_ends_on_multiples(tmp_path):
+    """`ffn.multiple` with a global FFN ranking: the last round moves each layer's kept channels to a
+    multiple (here 8 of the tiny model's 64), the total within half a multiple of the ranking's."""
+    from trimformer.bench import layer_widths
+    from trimformer.io import load_pruned
+
+    glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out"
+    save_choice(out, 1.5, 2, 32)
+    assert main(["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe",
+                 "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "--target-speedup", "1.5",
+                 "ffn.allocation=global", "target.allocation=recipe", "ffn.multiple=8",
+                 "--stop-after", "ffn", "--resume"]) == 0
+    _, ffn = layer_widths(load_pruned(out / "stages" / "ffn" / "model"))
+    assert all(w % 8 == 0 for w in ffn) and sum(ffn) == 64, ffn
+    assert "final widths multiples of 8" in (out / "run.log").read_text()
 
 
 def test_fading_heads_end_the_attention_stage_on_whole_heads(tmp_path):

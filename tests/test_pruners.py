@@ -249,3 +249,39 @@ def test_channel_taylor_is_the_loss_change_of_removing_each_ffn_channel():
     pruner = Pruner(model, [{"op_names": [name], "sparsity": 0.5}], importance=scorer, granularity="out_channel")
     kept = (pruner.compute_masks()[name]["weight"].sum(1) > 0).nonzero().flatten()
     assert set(kept.tolist()) == set(torch.argsort(expected, descending=True)[:32].tolist())
+
+
+def test_aligned_counts_keep_the_total_on_multiples():
+    from trimformer.allocate import aligned_counts
+
+    # 1354 + 1005 + 565 + 268 + 204 + 64 = 3460: rounded down 1344, 992, 560, 256, 192, 64 (3408); the
+    # layers that lost most (1005: 13, 268 and 204: 12) get 16 back until 3456, the multiple nearest 3460.
+    counts, widths = [1354, 1005, 565, 268, 204, 64], [1536] * 6
+    aligned = aligned_counts(counts, widths, 16)
+    assert aligned == [1344, 1008, 560, 272, 208, 64] and sum(aligned) == 3456
+    assert all(a % 16 == 0 for a in aligned)
+    assert aligned_counts([3, 40], [32, 40], 16) == [16, 32]  # at least one multiple
+    assert aligned_counts([37, 37], [37, 40], 16) == [32, 32]  # never past a layer's width
+    assert aligned_counts([5, 7], [8, 8], 1) == [5, 7]
+
+
+def test_the_aligned_global_cut_keeps_each_layers_best_channels_on_multiples():
+    """The global ranking keeps 13 and 27 channels (scores rise with the channel index in layer 0, and
+    layer 1's are all higher); aligned to 8: 16 and 24, each layer's highest-scored channels."""
+    from trimformer.ffn_stage import aligned_global_cut
+    from trimformer.pruners import Pruner
+
+    model = tiny_bert(ffn=64)
+    names = [f"bert.encoder.layer.{i}.intermediate.dense" for i in range(2)]
+    pruner = Pruner(model, [{"op_names": names, "total_sparsity": 1 - 40 / 128, "max_sparsity_per_layer": 0.9}],
+                    importance="taylor", granularity="out_channel")
+    layer0 = torch.arange(64, dtype=torch.float32)[:, None].expand(64, 32)  # a row's score sums its 32 weights
+    layer1 = torch.cat([torch.zeros(37), torch.full((27,), 100.0)])[:, None].expand(64, 32) + 50
+    pruner.taylor.sums = {names[0]: layer0.clone(), names[1]: layer1.clone()}
+    masks = pruner.compute_masks(1.0)
+    assert [int((masks[n]["weight"].sum(1) > 0).sum()) for n in names] == [13, 27]
+    aligned = aligned_global_cut(model, pruner, masks, 8)
+    rows = [aligned[n]["weight"].sum(1) > 0 for n in names]
+    assert [int(r.sum()) for r in rows] == [16, 24]
+    assert rows[0][48:].all() and not rows[0][:48].any()  # layer 0's 16 best: the highest indices
+    assert rows[1][40:].all() and not rows[1][:40].any()

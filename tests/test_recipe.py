@@ -86,3 +86,14 @@ def test_seed_variants_of_frontier_methods_override_the_protocol_seed():
     base = load_recipe("default", [*frontier.PROTOCOL, *frontier.TARGET_METHODS["taylor_ra5"]])
     assert variant.seed == 1025 and base.seed == 1024
     assert {**variant.model_dump(), "seed": 1024} == base.model_dump()
+
+
+def test_ffn_width_multiple_defaults_to_where_latency_is_timed():
+    from trimformer.recipe import Bench, Ffn
+
+    assert Ffn().width_multiple(Bench(), 1536) == 16
+    assert Ffn().width_multiple(Bench(device="cuda"), 1536) == 64
+    assert Ffn().width_multiple(Bench(), 64) == 1  # a toy FFN: steps of 16 would be too coarse
+    assert Ffn(multiple=21).width_multiple(Bench(device="cuda"), 64) == 21
+    with pytest.raises(ValueError):
+        Ffn(multiple=0)

@@ -88,3 +88,16 @@ def test_the_last_per_layer_round_lands_exactly_on_the_target():
     # global allocation keeps its one ranking: the last round is not made per layer
     (group,) = ffn_round_config({"a": 0.5, "b": 0.5}, 12, "global", ({"a": 40, "b": 40}, 64))
     assert group["op_names"] == ["a", "b"]
+
+
+def test_the_last_per_layer_round_rounds_each_width_to_the_multiple():
+    """ffn.multiple: the tutorial rule's 1 - 0.5 * 7/12 of 1536 (1088) is already a multiple of 64,
+    a fixed 0.45 (845 channels) lands on 848 with 16 and on 832 with 64, never under one multiple."""
+    targets = {"a": 0.45, "b": 1 - 1088 / 1536, "c": 0.999}
+    last = ({"a": 900, "b": 1100, "c": 100}, 1536)
+    kept = {e["op_names"][0]: round((1 - e["sparsity"]) * last[0][e["op_names"][0]])
+            for e in ffn_round_config(targets, 12, "layer", last, multiple=16)}
+    assert kept == {"a": 848, "b": 1088, "c": 16}
+    kept64 = {e["op_names"][0]: round((1 - e["sparsity"]) * last[0][e["op_names"][0]])
+              for e in ffn_round_config(targets, 12, "layer", last, multiple=64)}
+    assert kept64 == {"a": 832, "b": 1088, "c": 64}

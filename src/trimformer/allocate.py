@@ -132,6 +132,22 @@ def _allocate_global(members: list[Target], block_scores: dict[str, torch.Tensor
     return out
 
 
+def aligned_counts(counts: Sequence[int], widths: Sequence[int], multiple: int) -> list[int]:
+    """Per-layer kept counts moved to multiples of `multiple` (at least one multiple, at most the
+    layer's width), their total within half a multiple of the original's: every layer rounds down,
+    then the layers that lost the most get one multiple back each until the total is reached."""
+    if multiple <= 1:
+        return list(counts)
+    aligned = [min(w, max(multiple, c // multiple * multiple)) for c, w in zip(counts, widths, strict=True)]
+    goal = round(sum(counts) / multiple) * multiple
+    for i in sorted(range(len(aligned)), key=lambda i: (aligned[i] - counts[i], i)):  # most lost first
+        if sum(aligned) >= goal:
+            break
+        if aligned[i] + multiple <= widths[i]:
+            aligned[i] += multiple
+    return aligned
+
+
 def per_layer_normalised(head_scores: list[torch.Tensor]) -> list[torch.Tensor]:
     """Each layer's head scores divided by their L2 norm (Michel et al. 2019), so a global ranking
     compares heads by their share of their own layer, not by raw scales that differ by layer."""

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from trimformer import dist
+from trimformer.allocate import aligned_counts
 from trimformer.compensate import compensate_cut, sample_batches
 from trimformer.io import load_pruned, save_pruned, write_json
 from trimformer.plan import plan_from_masks
@@ -32,7 +33,7 @@ log = logging.getLogger("trimformer")
 if TYPE_CHECKING:
     from trimformer.pipeline import Run
 
-__all__ = ["compensate_ffn", "ffn_targets", "run_ffn_stage"]
+__all__ = ["aligned_global_cut", "compensate_ffn", "ffn_targets", "run_ffn_stage"]
 
 
 def ffn_targets(run: Run, model: nn.Module) -> dict[str, float]:
@@ -57,6 +58,17 @@ def compensate_ffn(run: Run, model: nn.Module, masks: dict, section: Ffn, seed: 
     log.info("ffn: %d second FFN linears re-fitted by least squares over %d tokens", len(keeps), tokens)
 
 
+def aligned_global_cut(model: nn.Module, pruner: Pruner, masks: dict, multiple: int) -> dict:
+    """The last round's global cut with each layer's kept channels moved to a multiple of `multiple`
+    (the total kept within half a multiple): per-layer top-k on the same scores (`aligned_counts`)."""
+    names = [t.name for t in pruner.targets]
+    widths = [model.get_submodule(name).out_features for name in names]
+    kept = [int((masks[name]["weight"].sum(1) > 0).sum()) for name in names]
+    counts = aligned_counts(kept, widths, multiple)
+    config = [{"op_names": [name], "sparsity": 1 - c / w} for name, c, w in zip(names, counts, widths, strict=True)]
+    return Pruner(model, config, importance=pruner.importance, granularity="out_channel").compute_masks(1.0)
+
+
 def run_ffn_stage(run: Run) -> None:
     """The FFN stage of `run`: the rounds (resuming after the last one saved), the recovery, the calibration."""
     start, section, folder = time.perf_counter(), run.recipe.ffn, run.stage_dir("ffn")
@@ -71,9 +83,11 @@ def run_ffn_stage(run: Run) -> None:
     per_round = max(1, int(total * (1 - section.recover)) // section.rounds)
     targets = json.loads(progress_file.read_text())["targets"] if done_rounds else ffn_targets(run, model)
     teacher_set, teacher = run.teacher_set(), run.teacher_model(section)
+    multiple = section.width_multiple(run.recipe.bench, model_structure(model).intermediate_size)
     if done_rounds < section.rounds:
-        log.info("ffn: channels ranked by %s", "|sum of w * dL/dw| over each second-linear column (channel "
-                 "Taylor)" if section.score == "channel" else "sum of |w * dL/dw| over each first-linear row")
+        log.info("ffn: channels ranked by %s; final widths multiples of %d", "|sum of w * dL/dw| over each "
+                 "second-linear column (channel Taylor)" if section.score == "channel" else "sum of |w * dL/dw| "
+                 "over each first-linear row", multiple)
 
     def train(steps: int, lr: float, seed: int, desc: str, average: float = 0.0, **kwargs) -> None:
         # Only the recovery averages its weights (`ffn.average`): the rounds change the shape.
@@ -86,7 +100,7 @@ def run_ffn_stage(run: Run) -> None:
         if r == section.rounds - 1:
             widths = {name: model.get_submodule(name).out_features for name in targets}
             last = (widths, model_structure(model).intermediate_size)
-        config = ffn_round_config(targets, section.rounds, section.allocation, last)
+        config = ffn_round_config(targets, section.rounds, section.allocation, last, multiple)
         scorer = ChannelTaylorImportance.for_ffn(model, targets) if section.score == "channel" else None
         pruner = Pruner(model, config, importance=scorer or "taylor", granularity="out_channel")
         accumulate = (scorer or pruner.taylor).accumulate
@@ -95,6 +109,8 @@ def run_ffn_stage(run: Run) -> None:
         train(gather, lr, base.seed + 7919 * (r + 1), f"ffn round {r + 1}/{section.rounds}: scores",
               on_optimizer=lambda opt, a=accumulate: opt.register_step_pre_hook(lambda *_: a()))
         masks = pruner.compute_masks(1.0)
+        if last is not None and section.allocation == "global" and multiple > 1:
+            masks = aligned_global_cut(model, pruner, masks, multiple)
         dist.check_identical({n: m["weight"] for n, m in masks.items()}, f"the FFN masks of round {r + 1}")
         if section.compensate != "none":
             compensate_ffn(run, model, masks, section, base.seed + 7919 * (r + 1) + 2)

@@ -272,12 +272,13 @@ class Run:
             raise ConfigError(f"{self.out} is being pruned for target speedup x{saved['target_speedup']:g} "
                               f"(target.json); x{wanted:g} needs a new --output-dir")
         refused: TargetOutOfReach | None = None
+        st, bench = model_structure(dense), self.recipe.bench
+        multiple = self.recipe.ffn.width_multiple(bench, st.intermediate_size)
         if dist.is_main() and retime:
-            bench = self.recipe.bench
             try:
                 choice = choose_shape(dense, wanted, bench.batch_size, bench.seq_len, bench.threads,
                                       repeats=bench.repeats, head_ratio=head_ratio,
-                                      ffn_multiple=self.recipe.target.ffn_multiple, device=bench.device,
+                                      ffn_multiple=multiple, device=bench.device,
                                       bf16=bench.bf16, compile=bench.compile)
                 write_json(path, choice.to_dict())
             except TargetOutOfReach as err:
@@ -287,14 +288,13 @@ class Run:
         if dist.any_rank(refused is not None):
             raise refused or TargetOutOfReach("the main process found the target speedup out of reach")
         choice = json.loads(path.read_text())
-        st = model_structure(dense)
         heads, ffn = choice["heads"], choice["ffn"]
-        if choice.get("head_ratio", 1.0) != head_ratio or ffn % self.recipe.target.ffn_multiple:
+        if choice.get("head_ratio", 1.0) != head_ratio or ffn % multiple:
             # The line's FLOPs fractions were counted at the length the shapes were timed at, which
             # may not be this run's bench.seq_len (the GPU frontier times a token 4 x 32 at the end).
             seq_len = choice.get("seq_len") or self.recipe.bench.seq_len
             heads, ffn = shape_on_line(st, choice["calibration"], choice["target_speedup"], seq_len,
-                                       self.recipe.target.ffn_multiple, head_ratio)
+                                       multiple, head_ratio)
         self.recipe.attention.mode = "hard"
         self.recipe.attention.sparsity = 1 - heads / st.num_heads
         self.recipe.ffn.rule = "fixed"

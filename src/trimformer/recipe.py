@@ -149,6 +149,19 @@ class Ffn(StageTrain):
     # in the other stages); 'distil', the model this stage starts from (same heads, every channel),
     # so the MSE is exactly what the cuts changed and the training repairs that.
     hidden_teacher: Literal["finetune", "distil"] = "finetune"
+    # Every layer's final width is a multiple of this: matrix kernels pack operands in blocks, so on
+    # this AVX2 CPU odd widths ran 4% slower than multiples of 8 at equal FLOPs
+    # (bench/results/width_alignment.json) and on an H200 an FFN of 1,100 ran 1.6x slower than 1,088.
+    # Unset: 64 when latency is timed on a GPU (`bench.device: cuda`), else 16 (AVX-512's width); 1 for
+    # a toy FFN narrower than eight such steps. The latency target's shape search uses it too.
+    multiple: int | None = Field(None, ge=1)
+
+    def width_multiple(self, bench: Bench, full_width: int) -> int:
+        """`multiple`, or its default for latency timed as `bench` says and a dense FFN this wide."""
+        if self.multiple is not None:
+            return self.multiple
+        step = 64 if bench.device == "cuda" else 16
+        return step if full_width >= 8 * step else 1
 
     @model_validator(mode="after")
     def _average_needs_recovery(self) -> Ffn:
@@ -182,9 +195,6 @@ class Target(_Strict):
     # The heads' kept share over the FFN channels' (1: both cut alike; 2: each layer keeps twice the
     # share of its heads that it keeps of its channels, at the same FLOPs, so fewer channels).
     head_ratio: float = Field(1.0, gt=0)
-    # The FFN width is a multiple of this (GPU kernels want multiples of 64: an FFN of 1,100 channels
-    # ran 1.6x slower than 1,088 on an H200). Exact per layer with `ffn.allocation: layer`.
-    ffn_multiple: int = Field(1, ge=1)
     # Whether every layer keeps exactly the timed shape: 'uniform' (attention and FFN allocated per
     # layer), 'recipe' (the recipe's allocation: `global` spreads the same totals over the layers as
     # the scores say), 'auto' (uniform when the shapes are timed on a GPU). On the CPU a spread moved

@@ -101,14 +101,18 @@ def ffn_layer_sparsities(ffn_names: list[str], heads_kept: list[int], num_heads:
 
 
 def ffn_round_config(targets: dict[str, float], rounds: int, allocation: str,
-                     last_round: tuple[dict[str, int], int] | None = None) -> list[dict]:
+                     last_round: tuple[dict[str, int], int] | None = None, multiple: int = 1) -> list[dict]:
     """One FFN round's config list: each layer its own per-round share, or one global ranking
     (`allocation="global"`, which needs one sparsity for all layers). `last_round` = (each layer's
     current width, the full width): per layer, cut to exactly round((1 - target) * full width)
-    channels, so the rounding of twelve rounds cannot leave a layer a channel off its target."""
+    channels, rounded to a multiple of `multiple` (at least one), so the rounding of twelve rounds
+    cannot leave a layer off its target. (The global cut is aligned by the FFN stage.)"""
     if last_round is not None and allocation != "global":
         widths, full = last_round
-        return [{"op_names": [name], "sparsity": max(0.0, 1 - round((1 - t) * full) / widths[name])}
+        kept = {name: round((1 - t) * full) for name, t in targets.items()}
+        if multiple > 1:
+            kept = {name: max(multiple, round(k / multiple) * multiple) for name, k in kept.items()}
+        return [{"op_names": [name], "sparsity": max(0.0, 1 - kept[name] / widths[name])}
                 for name, t in targets.items() if t > 0]
     if allocation == "global":
         if len(set(targets.values())) != 1:
