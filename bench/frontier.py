@@ -54,7 +54,12 @@ Methods:
                weights after each of their last half's steps (`distil.average=0.5 ffn.average=0.5`;
                on the GPU level with taylor_reg over three seeds: bench/results/frontier/README.md)
   taylor_fade - taylor_reg's with each head that leaves the attention mask faded out over 30 steps
-               (`attention.fade_steps=30`; capped on small tasks to the steps after the cool-down)
+               (`attention.fade_steps=30`; capped on small tasks to the steps after the cool-down;
+               on the GPU level with taylor_reg over three seeds: seventh frontier)
+  taylor_a16 - taylor_reg's with FFN widths on multiples of 16 (`ffn.multiple=16`, the recipe default
+               since the twelfth session; 6% faster at the same FLOPs on this CPU), its targets fitted
+               for such widths (frontier_targets/x<T>-m16.json, bench/frontier_targets.py), so the
+               speed buys more kept FLOPs at each target
   taylor_reg_s1025, taylor_ra5_s1026, ... - the same methods with the stages after the shared
                fine-tune seeded 1025 or 1026 (frontier.md then has means over seeds)
 
@@ -88,7 +93,7 @@ PROTOCOL = ["finetune.epochs=3", "finetune.lr=3e-5", "finetune.warmup_ratio=0", 
             "distil.lr=3e-5", "ffn.epochs=1", "ffn.rounds=12", "ffn.lr=3e-5", "final_distil.enabled=false",
             "train_batch_size=32", "max_seq_length=128", "seed=1024", "max_train_samples=null",
             "finetune.eval_every=null", "distil.eval_every=null", "bench.batch_size=32", "bench.seq_len=128",
-            "bench.repeats=10"]
+            "bench.repeats=10", "ffn.multiple=1"]  # any FFN width, as every point before ffn.multiple had
 TASK_SAMPLES = {"sst2": 10000}
 # The tutorial's method as NNI ran it: soft movement on per-head blocks, scores trained by Adam at
 # 1e-2, blocks kept above a threshold ramping to 0.1, a head removed when its value rows are masked,
@@ -131,14 +136,15 @@ TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": []
                   "taylor_kd": [*TAYLOR_REG, "distil.alpha=0", "ffn.alpha=0"],
                   "taylor_rh2": [*TAYLOR_REG, "target.head_ratio=2"],
                   "taylor_avg": [*TAYLOR_REG, "distil.average=0.5", "ffn.average=0.5"],
-                  "taylor_fade": [*TAYLOR_REG, "attention.fade_steps=30"]}
+                  "taylor_fade": [*TAYLOR_REG, "attention.fade_steps=30"],
+                  "taylor_a16": [*TAYLOR_REG, "ffn.multiple=16"]}
 # The same methods with the stages after the shared fine-tune seeded differently (data order, dropout):
 # one CoLA point moves 3-4 MCC points from seed to seed, as much as most switches, so the top methods
 # need a few seeds each before one is preferred (frontier.md then adds a table of means over seeds).
 SEEDS = (1025, 1026)
 TARGET_METHODS.update({f"{method}_s{seed}": [*TARGET_METHODS[method], f"seed={seed}"]
                        for method in ("taylor_reg", "taylor_ra5", "taylor_kd", "taylor_rh2", "taylor_avg",
-                                      "taylor_fade")
+                                      "taylor_fade", "taylor_a16")
                        for seed in SEEDS})
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "
@@ -229,6 +235,14 @@ def start_point(task: str, method: str, value: float, work: Path, shared: Path) 
     return out
 
 
+def target_file(work: Path, value: float, overrides: list[str]) -> Path:
+    """The latency calibration a target method's point starts from: one per target and FFN multiple,
+    shared by every task (the shapes depend on the model only); widths on a multiple time faster, so
+    they have their own line (`x3-m16.json` for `ffn.multiple=16`)."""
+    multiple = next((o.split("=")[1] for o in reversed(overrides) if o.startswith("ffn.multiple=")), "1")
+    return work / "targets" / (f"x{value:g}.json" if multiple == "1" else f"x{value:g}-m{multiple}.json")
+
+
 def one_point(task: str, method: str, value: float, harness: Harness, stop_after: str | None = None) -> dict | None:
     """Run one (task, method, point) from the shared fine-tune; return its result row (None when
     `stop_after` ends the run early, e.g. to see the heads a regular_scale keeps)."""
@@ -236,8 +250,7 @@ def one_point(task: str, method: str, value: float, harness: Harness, stop_after
     work = harness.work
     flags, overrides = method_overrides(method, value)
     cmd = [*base_cmd(task, harness, out), "--resume", *flags, *overrides, *harness.overrides]
-    # One latency calibration per target, shared by every task (the shapes depend on the model only).
-    shared_target = work / "targets" / f"x{value:g}.json"
+    shared_target = target_file(work, value, overrides)
     if method in TARGET_METHODS and shared_target.is_file() and not (out / "target.json").is_file():
         shutil.copy(shared_target, out / "target.json")
     start = time.perf_counter()

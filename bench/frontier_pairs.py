@@ -4,10 +4,11 @@ A five-task mean drop moves by 0.5-1.7 points from seed to seed, so a switch is 
 when it moves the mean by more than that noise. For each method run at several seeds (`M`, `M_s1025`,
 ... in bench/frontier.py) and each target, this takes the difference of its five-task mean drop from
 the reference's (`taylor_reg`, what `--recipe trimformer` runs), task by task, and a 95% interval for
-it from the spread of each method's drops over its seeds within each task (pooled over the tasks).
+it from the spread of each method's drops over its seeds within each task.
 The tasks are fixed, not sampled: the interval is the seed noise of the five-task mean, which is what
 the issue's goal is judged on. Seeds are not paired: the same seed on another GPU call trains
-differently (bf16 kernels), so each task's difference is of two means over independent runs.
+differently (bf16 kernels), so each task's difference is of two means over independent runs. Of many
+such 95% intervals, one in twenty excludes zero by chance alone.
 """
 
 from __future__ import annotations
@@ -52,15 +53,18 @@ def _drops(rows: list[dict]) -> dict[tuple[str, float, str], list[float]]:
     return drops
 
 
-def _pooled_variance(groups: list[list[float]]) -> tuple[float, int]:
-    """Within-group variance pooled over groups, and its degrees of freedom."""
-    squares = sum(sum((x - sum(g) / len(g)) ** 2 for x in g) for g in groups)
-    freedom = sum(len(g) - 1 for g in groups)
-    return squares / freedom, freedom
+def _variance(drops: list[float]) -> float:
+    """Sample variance (n - 1 in the denominator)."""
+    mean = sum(drops) / len(drops)
+    return sum((x - mean) ** 2 for x in drops) / (len(drops) - 1)
 
 
 def differences(rows: list[dict], reference: str = REFERENCE) -> list[Difference]:
-    """Every seeded method against `reference`, per target run on every task by both at 2+ seeds."""
+    """Every seeded method against `reference`, per target run on every task by both at 2+ seeds.
+
+    Each (task, method) cell keeps its own seed variance (CoLA's is 10-100x the others'), so the
+    mean's squared error is sum(var / n) / tasks^2 and its degrees of freedom Welch-Satterthwaite's
+    over the cells (rounded down, so the t quantile errs wide)."""
     drops = _drops(rows)
     all_tasks = sorted({r["task"] for r in rows})
     seeded = sorted({m for (m, _, _), d in drops.items() if len(d) >= 2 and m != reference})
@@ -71,14 +75,14 @@ def differences(rows: list[dict], reference: str = REFERENCE) -> list[Difference
             theirs = [drops.get((reference, target, task), []) for task in all_tasks]
             if any(len(g) < 2 for g in mine + theirs):
                 continue  # a task missing or at one seed: not the mean the goal is judged on
-            var_mine, df_mine = _pooled_variance(mine)
-            var_theirs, df_theirs = _pooled_variance(theirs)
             per_task = [sum(a) / len(a) - sum(b) / len(b) for a, b in zip(mine, theirs, strict=True)]
-            error = math.sqrt(sum(var_mine / len(a) + var_theirs / len(b)
-                                  for a, b in zip(mine, theirs, strict=True))) / len(all_tasks)
-            freedom = min(df_mine, df_theirs)  # conservative (Welch's would be between this and the sum)
+            shares = [(_variance(g) / len(g), len(g) - 1) for g in mine + theirs]  # (var / n, its freedom)
+            squared = sum(v for v, _ in shares)
+            spread = sum(v * v / f for v, f in shares)
+            freedom = int(squared * squared / spread) if spread > 0 else sum(f for _, f in shares)
+            error = math.sqrt(squared) / len(all_tasks)
             found.append(Difference(method, target, len(all_tasks), sum(per_task) / len(per_task),
-                                    t_quantile_95(freedom) * error, freedom))
+                                    t_quantile_95(max(1, freedom)) * error, max(1, freedom)))
     return found
 
 

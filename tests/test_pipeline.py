@@ -296,6 +296,22 @@ def test_ffn_multiple_lands_every_layer_exactly_on_a_multiple(tmp_path):
     assert heads == [3, 3] and ffn == [42, 42]
 
 
+def test_a_resumed_run_keeps_the_shape_its_attention_stage_began_with(tmp_path, capsys):
+    """target.json records the shape applied (here re-split for ffn.multiple=21); once the attention
+    stage has begun, a resume whose settings would re-split it to another shape exits 2."""
+    glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out"
+    save_choice(out, 1.5, 3, 32)
+    common = ["run", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--recipe", "smoke",
+              "--output-dir", str(out), *TINY_OVERRIDES, "--target-speedup", "1.5", "--resume"]
+    assert main([*common, "ffn.multiple=21", "--stop-after", "attention"]) == 0
+    applied = json.loads((out / "target.json").read_text())["applied"]
+    assert applied == {"heads": 3, "ffn": 42, "head_ratio": 1.0, "ffn_multiple": 21}
+    assert main([*common, "--stop-after", "heads"]) == 2  # the toy model's default multiple is 1: 3 and 32
+    assert "is being pruned to 3 heads and 42 FFN channels a layer" in capsys.readouterr().err
+    assert main([*common, "ffn.multiple=21", "--stop-after", "heads"]) == 0
+
+
 @pytest.mark.parametrize("allocation", ["recipe", "uniform"])
 def test_target_allocation_uniform_keeps_the_timed_shape_in_every_layer(tmp_path, allocation):
     """Under a recipe that ranks heads and channels across layers, `target.allocation=uniform` (what

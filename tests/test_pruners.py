@@ -266,8 +266,9 @@ def test_aligned_counts_keep_the_total_on_multiples():
 
 
 def test_the_aligned_global_cut_keeps_each_layers_best_channels_on_multiples():
-    """The global ranking keeps 13 and 27 channels (scores rise with the channel index in layer 0, and
-    layer 1's are all higher); aligned to 8: 16 and 24, each layer's highest-scored channels."""
+    """The global ranking keeps 13 and 27 channels (layer 0's scores rise with the channel index to
+    2016; layer 1's are 1600 for 37 channels and 4800 for 27); aligned to 8: 16 and 24, each layer's
+    highest-scored channels."""
     from trimformer.ffn_stage import aligned_global_cut
     from trimformer.pruners import Pruner
 

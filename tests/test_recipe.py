@@ -97,3 +97,12 @@ def test_ffn_width_multiple_defaults_to_where_latency_is_timed():
     assert Ffn(multiple=21).width_multiple(Bench(device="cuda"), 64) == 21
     with pytest.raises(ValueError):
         Ffn(multiple=0)
+
+
+def test_frontier_methods_with_aligned_widths_get_their_own_latency_line(tmp_path):
+    frontier = load_bench("frontier")
+    _, reg = frontier.method_overrides("taylor_reg", 3.0)
+    _, aligned = frontier.method_overrides("taylor_a16_s1025", 3.0)
+    assert frontier.target_file(tmp_path, 3.0, reg) == tmp_path / "targets" / "x3.json"
+    assert frontier.target_file(tmp_path, 3.0, aligned) == tmp_path / "targets" / "x3-m16.json"
+    assert "ffn.multiple=1" in frontier.PROTOCOL  # the recorded points' widths: any

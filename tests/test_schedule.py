@@ -91,13 +91,16 @@ def test_the_last_per_layer_round_lands_exactly_on_the_target():
 
 
 def test_the_last_per_layer_round_rounds_each_width_to_the_multiple():
-    """ffn.multiple: the tutorial rule's 1 - 0.5 * 7/12 of 1536 (1088) is already a multiple of 64,
-    a fixed 0.45 (845 channels) lands on 848 with 16 and on 832 with 64, never under one multiple."""
-    targets = {"a": 0.45, "b": 1 - 1088 / 1536, "c": 0.999}
-    last = ({"a": 900, "b": 1100, "c": 100}, 1536)
-    kept = {e["op_names"][0]: round((1 - e["sparsity"]) * last[0][e["op_names"][0]])
-            for e in ffn_round_config(targets, 12, "layer", last, multiple=16)}
-    assert kept == {"a": 848, "b": 1088, "c": 16}
-    kept64 = {e["op_names"][0]: round((1 - e["sparsity"]) * last[0][e["op_names"][0]])
-              for e in ffn_round_config(targets, 12, "layer", last, multiple=64)}
-    assert kept64 == {"a": 832, "b": 1088, "c": 64}
+    """ffn.multiple: 1088 of 1536 is already a multiple of 64; a fixed 0.45 (845 channels) lands on
+    848 with 16 and on 832 with 64; never under one multiple, and never above what the earlier rounds
+    left (d: 1328 rounds up past its 1325, so 1312; e: 10 channels left, under one multiple, stay)."""
+    targets = {"a": 0.45, "b": 1 - 1088 / 1536, "c": 0.999, "d": 1 - 1321 / 1536, "e": 0.999}
+    last = ({"a": 900, "b": 1100, "c": 100, "d": 1325, "e": 10}, 1536)
+
+    def kept(multiple: int) -> dict[str, int]:
+        return {e["op_names"][0]: round((1 - e["sparsity"]) * last[0][e["op_names"][0]])
+                for e in ffn_round_config(targets, 12, "layer", last, multiple=multiple)}
+
+    assert kept(16) == {"a": 848, "b": 1088, "c": 16, "d": 1312, "e": 10}
+    assert kept(64) == {"a": 832, "b": 1088, "c": 64, "d": 1280, "e": 10}
+    assert kept(1) == {"a": 845, "b": 1088, "c": 2, "d": 1321, "e": 2}

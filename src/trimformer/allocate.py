@@ -134,8 +134,10 @@ def _allocate_global(members: list[Target], block_scores: dict[str, torch.Tensor
 
 def aligned_counts(counts: Sequence[int], widths: Sequence[int], multiple: int) -> list[int]:
     """Per-layer kept counts moved to multiples of `multiple` (at least one multiple, at most the
-    layer's width), their total within half a multiple of the original's: every layer rounds down,
-    then the layers that lost the most get one multiple back each until the total is reached."""
+    layer's width): every layer rounds down, then the layers that lost the most to rounding (not the
+    ones whose next channels score best) get one multiple back each until the total is the multiple
+    nearest the original's. Raising a layer to one multiple or capping it at its width can leave the
+    total further off."""
     if multiple <= 1:
         return list(counts)
     aligned = [min(w, max(multiple, c // multiple * multiple)) for c, w in zip(counts, widths, strict=True)]

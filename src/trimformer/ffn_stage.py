@@ -85,9 +85,9 @@ def run_ffn_stage(run: Run) -> None:
     teacher_set, teacher = run.teacher_set(), run.teacher_model(section)
     multiple = section.width_multiple(run.recipe.bench, model_structure(model).intermediate_size)
     if done_rounds < section.rounds:
-        log.info("ffn: channels ranked by %s; final widths multiples of %d", "|sum of w * dL/dw| over each "
-                 "second-linear column (channel Taylor)" if section.score == "channel" else "sum of |w * dL/dw| "
-                 "over each first-linear row", multiple)
+        log.info("ffn: channels ranked by %s%s", "|sum of w * dL/dw| over each second-linear column (channel "
+                 "Taylor)" if section.score == "channel" else "sum of |w * dL/dw| over each first-linear row",
+                 f"; final widths multiples of {multiple}" if multiple > 1 else "")
 
     def train(steps: int, lr: float, seed: int, desc: str, average: float = 0.0, **kwargs) -> None:
         # Only the recovery averages its weights (`ffn.average`): the rounds change the shape.

@@ -289,12 +289,25 @@ class Run:
             raise refused or TargetOutOfReach("the main process found the target speedup out of reach")
         choice = json.loads(path.read_text())
         heads, ffn = choice["heads"], choice["ffn"]
-        if choice.get("head_ratio", 1.0) != head_ratio or ffn % multiple:
+        if choice.get("head_ratio", 1.0) != head_ratio or choice.get("ffn_multiple", 1) != multiple:
             # The line's FLOPs fractions were counted at the length the shapes were timed at, which
             # may not be this run's bench.seq_len (the GPU frontier times a token 4 x 32 at the end).
             seq_len = choice.get("seq_len") or self.recipe.bench.seq_len
             heads, ffn = shape_on_line(st, choice["calibration"], choice["target_speedup"], seq_len,
                                        multiple, head_ratio)
+        # The shape the attention stage prunes to is recorded: a resumed run must not re-split it to
+        # another (its head_ratio or ffn.multiple changed, or their defaults did).
+        applied = choice.get("applied", {"heads": choice["heads"], "ffn": choice["ffn"]})
+        if self.stage_dir("attention").exists():
+            if (applied["heads"], applied["ffn"]) != (heads, ffn):
+                raise ConfigError(f"{self.out} is being pruned to {applied['heads']} heads and {applied['ffn']} FFN "
+                                  f"channels a layer (target.json); this run's target.head_ratio={head_ratio:g} "
+                                  f"and ffn.multiple={multiple} give {heads} and {ffn}: resume with the settings "
+                                  "it started with, or use a new --output-dir")
+        else:
+            record = {**choice, "applied": {"heads": heads, "ffn": ffn, "head_ratio": head_ratio,
+                                            "ffn_multiple": multiple}}
+            dist.on_main(lambda: write_json(path, record))
         self.recipe.attention.mode = "hard"
         self.recipe.attention.sparsity = 1 - heads / st.num_heads
         self.recipe.ffn.rule = "fixed"

@@ -150,10 +150,11 @@ class Ffn(StageTrain):
     # so the MSE is exactly what the cuts changed and the training repairs that.
     hidden_teacher: Literal["finetune", "distil"] = "finetune"
     # Every layer's final width is a multiple of this: matrix kernels pack operands in blocks, so on
-    # this AVX2 CPU odd widths ran 4% slower than multiples of 8 at equal FLOPs
-    # (bench/results/width_alignment.json) and on an H200 an FFN of 1,100 ran 1.6x slower than 1,088.
-    # Unset: 64 when latency is timed on a GPU (`bench.device: cuda`), else 16 (AVX-512's width); 1 for
-    # a toy FFN narrower than eight such steps. The latency target's shape search uses it too.
+    # this AVX2 CPU odd widths ran 2-4% slower than multiples of 8 at equal FLOPs
+    # (bench/results/width_alignment.json, width_alignment_x3.json) and on an H200 an FFN of 1,100 ran
+    # 1.6x slower than 1,088. Unset: 64 when latency is timed on a GPU (`bench.device: cuda`), else 16
+    # (a multiple of AVX2's 8 floats and of AVX-512's 16); 1 for a toy FFN narrower than eight such
+    # steps. The latency target's shape search uses it too.
     multiple: int | None = Field(None, ge=1)
 
     def width_multiple(self, bench: Bench, full_width: int) -> int:

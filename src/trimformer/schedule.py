@@ -105,13 +105,17 @@ def ffn_round_config(targets: dict[str, float], rounds: int, allocation: str,
     """One FFN round's config list: each layer its own per-round share, or one global ranking
     (`allocation="global"`, which needs one sparsity for all layers). `last_round` = (each layer's
     current width, the full width): per layer, cut to exactly round((1 - target) * full width)
-    channels, rounded to a multiple of `multiple` (at least one), so the rounding of twelve rounds
-    cannot leave a layer off its target. (The global cut is aligned by the FFN stage.)"""
+    channels, rounded to a multiple of `multiple` (at least one, at most the current width; a layer
+    already narrower than one multiple keeps its width), so the rounding of twelve rounds cannot leave
+    a layer off its target. (The global cut is aligned by the FFN stage.)"""
     if last_round is not None and allocation != "global":
         widths, full = last_round
         kept = {name: round((1 - t) * full) for name, t in targets.items()}
         if multiple > 1:
-            kept = {name: max(multiple, round(k / multiple) * multiple) for name, k in kept.items()}
+            for name, k in kept.items():
+                k = max(multiple, round(k / multiple) * multiple)
+                # Rounded up past what the earlier rounds left: the multiple below that instead.
+                kept[name] = k if k <= widths[name] else max(multiple, widths[name] // multiple * multiple)
         return [{"op_names": [name], "sparsity": max(0.0, 1 - kept[name] / widths[name])}
                 for name, t in targets.items() if t > 0]
     if allocation == "global":

@@ -43,6 +43,7 @@ class ShapeChoice:
     calibration: list[tuple[float, float]]  # (kept encoder FLOPs fraction, measured speedup)
     head_ratio: float = 1.0  # the heads' kept share over the FFN's (shape_for_fraction)
     seq_len: int | None = None  # the length the FLOPs fractions were counted at (timed at)
+    ffn_multiple: int = 1  # the FFN widths timed were multiples of this
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,7 +177,7 @@ def choose_shape(model: nn.Module, target_speedup: float, batch_size: int = 32, 
             heads, ffn = _bisect_for_reach(st, (heads, ffn), smallest, target_speedup, seq_len, ffn_multiple,
                                            head_ratio, tried, timed)
     return ShapeChoice(target_speedup=target_speedup, heads=heads, ffn=ffn, measured_speedup=tried[(heads, ffn)],
-                       calibration=points, head_ratio=head_ratio, seq_len=seq_len)
+                       calibration=points, head_ratio=head_ratio, seq_len=seq_len, ffn_multiple=ffn_multiple)
 
 
 def _bisect_for_reach(st: ModelStructure, missed: tuple[int, int], fastest: tuple[int, int], target: float,
