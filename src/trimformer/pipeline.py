@@ -30,6 +30,7 @@ from trimformer.plan import value_rule_masks
 from trimformer.recipe import Distil, Ffn, Recipe
 from trimformer.shrink import shrink
 from trimformer.structure import model_structure
+from trimformer.target_stage import apply_target
 from trimformer.train import TrainSettings, evaluate, fit
 
 log = logging.getLogger("trimformer")
@@ -255,80 +256,13 @@ class Run:
     def stage_ffn(self) -> None:
         run_ffn_stage(self)
 
-    def apply_target(self) -> None:
-        """With a target speedup: measure shapes against the fine-tuned model once (saved in
-        target.json, so a resumed run reuses it) and set the attention and FFN sparsities. A saved
-        choice made for another head ratio is re-split on its own fitted latency line."""
-        path, head_ratio = self.out / "target.json", self.recipe.target.head_ratio
-        from trimformer.config import ConfigError
-        from trimformer.target import TargetOutOfReach, choose_shape, shape_on_line
-
-        dense = load_pruned(self.stage_dir("finetune") / "model")
-        wanted = self.options.target_speedup
-        saved = json.loads(path.read_text()) if path.is_file() else None
-        retime = saved is None or saved["target_speedup"] != wanted  # no choice yet, or another target's
-        # Once the attention stage has begun (a checkpoint counts), its masks follow the saved choice.
-        if saved is not None and retime and self.stage_dir("attention").exists():
-            raise ConfigError(f"{self.out} is being pruned for target speedup x{saved['target_speedup']:g} "
-                              f"(target.json); x{wanted:g} needs a new --output-dir")
-        refused: TargetOutOfReach | None = None
-        st, bench = model_structure(dense), self.recipe.bench
-        multiple = self.recipe.ffn.width_multiple(bench, st.intermediate_size)
-        if dist.is_main() and retime:
-            try:
-                choice = choose_shape(dense, wanted, bench.batch_size, bench.seq_len, bench.threads,
-                                      repeats=bench.repeats, head_ratio=head_ratio,
-                                      ffn_multiple=multiple, device=bench.device,
-                                      bf16=bench.bf16, compile=bench.compile)
-                write_json(path, choice.to_dict())
-            except TargetOutOfReach as err:
-                refused = err
-        # Every rank meets here (a sync) and learns of a refusal: raising before it would leave the
-        # others waiting, and a rank reading target.json before the main process wrote it would not.
-        if dist.any_rank(refused is not None):
-            raise refused or TargetOutOfReach("the main process found the target speedup out of reach")
-        choice = json.loads(path.read_text())
-        heads, ffn = choice["heads"], choice["ffn"]
-        if choice.get("head_ratio", 1.0) != head_ratio or choice.get("ffn_multiple", 1) != multiple:
-            # The line's FLOPs fractions were counted at the length the shapes were timed at, which
-            # may not be this run's bench.seq_len (the GPU frontier times a token 4 x 32 at the end).
-            seq_len = choice.get("seq_len") or self.recipe.bench.seq_len
-            heads, ffn = shape_on_line(st, choice["calibration"], choice["target_speedup"], seq_len,
-                                       multiple, head_ratio)
-        # The shape the attention stage prunes to is recorded: a resumed run must not re-split it to
-        # another (its head_ratio or ffn.multiple changed, or their defaults did).
-        applied = choice.get("applied", {"heads": choice["heads"], "ffn": choice["ffn"]})
-        if self.stage_dir("attention").exists():
-            if (applied["heads"], applied["ffn"]) != (heads, ffn):
-                raise ConfigError(f"{self.out} is being pruned to {applied['heads']} heads and {applied['ffn']} FFN "
-                                  f"channels a layer (target.json); this run's target.head_ratio={head_ratio:g} "
-                                  f"and ffn.multiple={multiple} give {heads} and {ffn}: resume with the settings "
-                                  "it started with, or use a new --output-dir")
-        else:
-            record = {**choice, "applied": {"heads": heads, "ffn": ffn, "head_ratio": head_ratio,
-                                            "ffn_multiple": multiple}}
-            dist.on_main(lambda: write_json(path, record))
-        self.recipe.attention.mode = "hard"
-        self.recipe.attention.sparsity = 1 - heads / st.num_heads
-        self.recipe.ffn.rule = "fixed"
-        self.recipe.ffn.sparsity = 1 - ffn / st.intermediate_size
-        self.target_shape = (heads, ffn)
-        spread = self.recipe.attention.allocation != "layer" or self.recipe.ffn.allocation != "layer"
-        if spread and self.recipe.target.keeps_timed_shape(self.recipe.bench):
-            log.info("target: every layer keeps the timed shape (target.allocation=%s, timed on %s), not the "
-                     "recipe's global spread", self.recipe.target.allocation, self.recipe.bench.device)
-            self.recipe.attention.allocation = self.recipe.ffn.allocation = "layer"
-        log.info("target x%.2f: %d heads and %d FFN channels per layer (head ratio %g; the saved choice measured "
-                 "x%.2f for %d and %d)", choice["target_speedup"], heads, ffn, head_ratio,
-                 choice["measured_speedup"], choice["heads"], choice["ffn"])
-
     def run_stages(self, stop_after: str | None = None) -> None:
         """Run every unfinished stage in order (up to and including `stop_after`)."""
         if self.task.is_regression and not self.recipe.distill_regression:
             log.info("regression task: the distilling stages train on the labels alone (distill_regression: false)")
         for stage in STAGES:
             if stage == "attention" and self.options.target_speedup is not None:
-                self.apply_target()
+                apply_target(self)
             if self.done(stage) is not None:
                 log.info("stage %s already done; skipping", stage)
             else:
