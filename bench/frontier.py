@@ -57,9 +57,9 @@ Methods:
                (`attention.fade_steps=30`; capped on small tasks to the steps after the cool-down;
                on the GPU level with taylor_reg over three seeds: seventh frontier)
   taylor_a16 - taylor_reg's with FFN widths on multiples of 16 (`ffn.multiple=16`, the recipe default
-               since the twelfth session; 6% faster at the same FLOPs on this CPU), its targets fitted
-               for such widths (frontier_targets/x<T>-m16.json, bench/frontier_targets.py), so the
-               speed buys more kept FLOPs at each target
+               since the twelfth session), at each target the same heads and the widest such FFN
+               that times as fast as taylor_reg's shape (frontier_targets/x<T>-m16.json, from
+               bench/frontier_targets.py --match): 12-15% more channels at the same speed
   taylor_reg_s1025, taylor_ra5_s1026, ... - the same methods with the stages after the shared
                fine-tune seeded 1025 or 1026 (frontier.md then has means over seeds)
 
@@ -240,6 +240,8 @@ def target_file(work: Path, value: float, overrides: list[str]) -> Path:
     shared by every task (the shapes depend on the model only); widths on a multiple time faster, so
     they have their own line (`x3-m16.json` for `ffn.multiple=16`)."""
     multiple = next((o.split("=")[1] for o in reversed(overrides) if o.startswith("ffn.multiple=")), "1")
+    if not multiple.isdigit():
+        raise ValueError(f"the frontier harness needs a number for ffn.multiple, got {multiple!r}")
     return work / "targets" / (f"x{value:g}.json" if multiple == "1" else f"x{value:g}-m{multiple}.json")
 
 
@@ -250,7 +252,7 @@ def one_point(task: str, method: str, value: float, harness: Harness, stop_after
     work = harness.work
     flags, overrides = method_overrides(method, value)
     cmd = [*base_cmd(task, harness, out), "--resume", *flags, *overrides, *harness.overrides]
-    shared_target = target_file(work, value, overrides)
+    shared_target = target_file(work, value, [*overrides, *harness.overrides])
     if method in TARGET_METHODS and shared_target.is_file() and not (out / "target.json").is_file():
         shutil.copy(shared_target, out / "target.json")
     start = time.perf_counter()

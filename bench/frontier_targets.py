@@ -7,7 +7,13 @@ A method that rounds FFN widths to a multiple (`ffn.multiple=16`) runs faster at
 widths on the multiple against the dense packaged MiniLM (`choose_shape`, 32 x 128, interleaved) and
 writes `x<T>-m<M>.json`, which bench/frontier.py hands to methods with that `ffn.multiple`.
 
-    python bench/frontier_targets.py --multiple 16 [--targets 2 3 5] [--repeats 15]   # ~3 minutes on 2 cores
+    python bench/frontier_targets.py --multiple 16 [--match] [--targets 2 3 5] [--repeats 15]   # ~3-4 minutes
+
+Timings drift between sessions (the harness's x2 shape, fitted at x1.99 in an earlier session,
+times x2.2 today), and a fit to T can change the head count, so `--match` keeps the harness's heads
+for each target and picks the widest FFN on the multiple that times at least as fast as the harness's
+own shape, side by side (widths up to 30% wider, median of `--passes` passes): the two methods are
+then compared at equal speed and heads, the aligned one keeping more channels.
 
 `--check` instead times, per target, the dense model, the shape of `x<T>.json` and that of
 `x<T>-m<M>.json` together (repeats interleaved, `--passes` times) and writes check_m<M>.json: the new
@@ -52,6 +58,27 @@ def check(dense: torch.nn.Module, args: argparse.Namespace) -> None:
                 "threads": torch.get_num_threads(), "load_average": os.getloadavg(), "rows": rows})
 
 
+def matched(dense: torch.nn.Module, target: float, args: argparse.Namespace) -> None:
+    """x<T>-m<M>.json at x<T>.json's heads with the widest FFN on the multiple that is at least as fast
+    as x<T>.json's shape: the two timed side by side with every candidate width, `--passes` times."""
+    old = json.loads((args.out / f"x{target:g}.json").read_text())
+    heads, m = old["heads"], args.multiple
+    widths = list(range(old["ffn"] // m * m, int(old["ffn"] * 1.3) // m * m + 1, m))
+    models = (dense, shaped_copy(dense, heads, old["ffn"]), *(shaped_copy(dense, heads, w) for w in widths))
+    passes = [time_models(models, 32, 128, warmup=2, repeats=args.repeats) for _ in range(args.passes)]
+    speed = [statistics.median(p[0].median_s / p[i].median_s for p in passes) for i in range(1, len(models))]
+    fast_enough = [w for w, s in zip(widths, speed[1:], strict=True) if s >= speed[0]] or widths[:1]
+    chosen = max(fast_enough)
+    record = {**old, "ffn": chosen, "measured_speedup": speed[1 + widths.index(chosen)], "ffn_multiple": m,
+              "matched": {"shape": [heads, old["ffn"]], "speedup": speed[0],
+                          "candidates": dict(zip(map(str, widths), speed[1:], strict=True))},
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+              "command": "python bench/frontier_targets.py " + " ".join(sys.argv[1:])}
+    write_json(args.out / f"x{target:g}-m{m}.json", record)
+    print(f"x{target:g}: {heads} heads; FFN {old['ffn']} x{speed[0]:.2f} -> {chosen} x{record['measured_speedup']:.2f} "
+          f"({', '.join(f'{w}: x{s:.2f}' for w, s in zip(widths, speed[1:], strict=True))})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--multiple", type=int, default=16)
@@ -60,6 +87,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "frontier_targets")
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--match", action="store_true",
+                        help="x<T>.json's heads, the widest FFN on the multiple as fast as its shape")
     args = parser.parse_args()
     torch.manual_seed(0)
     dense = packaged_model()
@@ -67,6 +96,9 @@ def main() -> None:
         check(dense, args)
         return
     for target in args.targets:
+        if args.match:
+            matched(dense, target, args)
+            continue
         choice = choose_shape(dense, target, 32, 128, repeats=args.repeats, ffn_multiple=args.multiple)
         write_json(args.out / f"x{target:g}-m{args.multiple}.json",
                    {**choice.to_dict(), "ffn_multiple": args.multiple, "torch": torch.__version__,

@@ -23,8 +23,8 @@ def test_difference_and_interval_by_hand():
     (found,) = pairs.differences(rows)
     assert (found.method, found.target, found.tasks) == ("m", 3.0, 2)
     assert found.difference == pytest.approx(1.0)
-    # Each method's pooled variance: (2 + 0) / 2 = 1 with 2 degrees of freedom; per task 1/2 + 1/2;
-    # the mean of two tasks: sqrt(1 + 1) / 2; t(2) = 4.30.
+    # Cell variances / n: method a 2/2, b 0, reference a 2/2, b 0: the mean of two tasks has error
+    # sqrt(1 + 1) / 2; Welch's degrees of freedom (1 + 1)^2 / (1/1 + 1/1) = 2; t(2) = 4.30.
     assert found.degrees_of_freedom == 2
     assert found.half_width == pytest.approx(4.30 * math.sqrt(2) / 2)
     line = pairs.difference_lines(rows)[-1]
@@ -48,3 +48,18 @@ def test_t_quantiles_are_conservative_between_table_entries():
     assert pairs.t_quantile_95(1000) == 1.98
     with pytest.raises(ValueError):
         pairs.t_quantile_95(0)
+
+
+def test_unequal_seed_variances_get_welchs_degrees_of_freedom():
+    """Task a's drops spread 10 points over three seeds, task b's 0.2: Welch's degrees of freedom,
+    (8.33 + 0.0033 + 5.33 + 0.0033)^2 / (8.33^2 / 2 + 5.33^2 / 2 + ...) = 3.8, so 3 (t = 3.18), where
+    pooling the cells would have claimed 4 or more."""
+    rows = [row("taylor_reg" + s, "a", d) for s, d in zip(("", "_s1025", "_s1026"), (0.0, 10.0, 5.0), strict=True)]
+    rows += [row("taylor_reg" + s, "b", d) for s, d in zip(("", "_s1025", "_s1026"), (1.0, 1.2, 1.1), strict=True)]
+    rows += [row("m" + s, "a", d) for s, d in zip(("", "_s1025", "_s1026"), (1.0, 9.0, 5.0), strict=True)]
+    rows += [row("m" + s, "b", d) for s, d in zip(("", "_s1025", "_s1026"), (4.0, 4.1, 4.2), strict=True)]
+    (found,) = pairs.differences(rows)
+    assert found.degrees_of_freedom == 3
+    error = math.sqrt(25 / 3 + 0.01 / 3 + 16 / 3 + 0.01 / 3) / 2
+    assert found.half_width == pytest.approx(3.18 * error)
+    assert found.difference == pytest.approx(((5 - 5) + (4.1 - 1.1)) / 2)

@@ -299,6 +299,9 @@ def test_ffn_multiple_lands_every_layer_exactly_on_a_multiple(tmp_path):
 def test_a_resumed_run_keeps_the_shape_its_attention_stage_began_with(tmp_path, capsys):
     """target.json records the shape applied (here re-split for ffn.multiple=21); once the attention
     stage has begun, a resume whose settings would re-split it to another shape exits 2."""
+    from trimformer.bench import layer_widths
+    from trimformer.io import load_pruned
+
     glue_dir, model_dir = write_sst2(tmp_path / "glue"), write_tiny_model(tmp_path / "tiny")
     out = tmp_path / "out"
     save_choice(out, 1.5, 3, 32)
@@ -310,6 +313,13 @@ def test_a_resumed_run_keeps_the_shape_its_attention_stage_began_with(tmp_path, 
     assert main([*common, "--stop-after", "heads"]) == 2  # the toy model's default multiple is 1: 3 and 32
     assert "is being pruned to 3 heads and 42 FFN channels a layer" in capsys.readouterr().err
     assert main([*common, "ffn.multiple=21", "--stop-after", "heads"]) == 0
+    # A run begun before target.json recorded its shape resumes on the rule it began with (any width).
+    legacy = json.loads((out / "target.json").read_text())
+    del legacy["applied"]
+    (out / "target.json").write_text(json.dumps(legacy))
+    assert main([*common, "ffn.multiple=21", "--stop-after", "ffn"]) == 0
+    assert "predates its record of the shape applied" in (out / "run.log").read_text()
+    assert layer_widths(load_pruned(out / "stages" / "ffn" / "model")) == ([3, 3], [32, 32])
 
 
 @pytest.mark.parametrize("allocation", ["recipe", "uniform"])

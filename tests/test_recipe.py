@@ -106,3 +106,18 @@ def test_frontier_methods_with_aligned_widths_get_their_own_latency_line(tmp_pat
     assert frontier.target_file(tmp_path, 3.0, reg) == tmp_path / "targets" / "x3.json"
     assert frontier.target_file(tmp_path, 3.0, aligned) == tmp_path / "targets" / "x3-m16.json"
     assert "ffn.multiple=1" in frontier.PROTOCOL  # the recorded points' widths: any
+
+
+def test_the_aligned_frontier_targets_keep_the_harness_heads_on_multiples():
+    """taylor_a16's committed shapes: the harness's heads, a wider FFN on a multiple of 16, recorded
+    as timed for 16 so a run with ffn.multiple=16 applies them without re-splitting."""
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "bench" / "results" / "frontier_targets"
+    for target in (2, 3, 5):
+        old = json.loads((folder / f"x{target}.json").read_text())
+        new = json.loads((folder / f"x{target}-m16.json").read_text())
+        assert new["heads"] == old["heads"] and new["ffn"] % 16 == 0 and new["ffn"] > old["ffn"]
+        assert new["ffn_multiple"] == 16 and new.get("head_ratio", 1.0) == 1.0
+        assert new["target_speedup"] == old["target_speedup"]

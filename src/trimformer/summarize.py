@@ -83,8 +83,9 @@ def summarize(run: Run) -> RunReport:
         import json
 
         choice = json.loads(target.read_text())
-        report.extra.update({"target_speedup": choice["target_speedup"], "target_heads": choice["heads"],
-                             "target_ffn": choice["ffn"], "calibrated_speedup": choice["measured_speedup"],
+        applied = choice.get("applied", choice)  # the shape pruned to (re-split from the one timed)
+        report.extra.update({"target_speedup": choice["target_speedup"], "target_heads": applied["heads"],
+                             "target_ffn": applied["ffn"], "calibrated_speedup": choice["measured_speedup"],
                              "achieved_over_target": latency.speedup / choice["target_speedup"],
                              "attention_allocation": recipe.attention.allocation,
                              "ffn_allocation": recipe.ffn.allocation})

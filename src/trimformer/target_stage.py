@@ -53,8 +53,17 @@ def apply_target(run: Run) -> None:
     if dist.any_rank(refused is not None):
         raise refused or TargetOutOfReach("the main process found the target speedup out of reach")
     choice = json.loads(path.read_text())
+    began = run.stage_dir("attention").exists()
+    if began and "applied" not in choice:
+        # Begun before target.json recorded the shape applied (and before ffn.multiple): keep the
+        # rule it began with, any FFN width, so the rest of the run prunes to the same shape.
+        log.warning("target.json predates its record of the shape applied: resuming with any FFN width "
+                    "(ffn.multiple=1), as the run began")
+        multiple = run.recipe.ffn.multiple = 1
     heads, ffn = choice["heads"], choice["ffn"]
-    if choice.get("head_ratio", 1.0) != head_ratio or choice.get("ffn_multiple", 1) != multiple:
+    timed_multiple = choice.get("ffn_multiple")  # absent in choices timed before it was recorded
+    if choice.get("head_ratio", 1.0) != head_ratio or (ffn % multiple if timed_multiple is None
+                                                        else timed_multiple != multiple):
         # The line's FLOPs fractions were counted at the length the shapes were timed at, which
         # may not be this run's bench.seq_len (the GPU frontier times a token 4 x 32 at the end).
         seq_len = choice.get("seq_len") or run.recipe.bench.seq_len
@@ -62,8 +71,8 @@ def apply_target(run: Run) -> None:
                                    multiple, head_ratio)
     # The shape the attention stage prunes to is recorded: a resumed run must not re-split it to
     # another (its head_ratio or ffn.multiple changed, or their defaults did).
-    applied = choice.get("applied", {"heads": choice["heads"], "ffn": choice["ffn"]})
-    if run.stage_dir("attention").exists():
+    applied = choice.get("applied", {"heads": heads, "ffn": ffn})
+    if began:
         if (applied["heads"], applied["ffn"]) != (heads, ffn):
             raise ConfigError(f"{run.out} is being pruned to {applied['heads']} heads and {applied['ffn']} FFN "
                               f"channels a layer (target.json); this run's target.head_ratio={head_ratio:g} "
