@@ -31,13 +31,13 @@ from pathlib import Path
 
 import torch
 
-from trimformer.bench import time_models
 from trimformer.io import write_json
 from trimformer.target import choose_shape, shaped_copy
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from head_ratio_shapes import packaged_model  # noqa: E402
+from width_alignment import pass_speedups  # noqa: E402
 
 
 def check(dense: torch.nn.Module, args: argparse.Namespace) -> None:
@@ -47,8 +47,7 @@ def check(dense: torch.nn.Module, args: argparse.Namespace) -> None:
         old = json.loads((args.out / f"x{target:g}.json").read_text())
         new = json.loads((args.out / f"x{target:g}-m{args.multiple}.json").read_text())
         models = (dense, shaped_copy(dense, old["heads"], old["ffn"]), shaped_copy(dense, new["heads"], new["ffn"]))
-        passes = [time_models(models, 32, 128, warmup=2, repeats=args.repeats) for _ in range(args.passes)]
-        speedups = [[p[0].median_s / p[i].median_s for p in passes] for i in (1, 2)]
+        speedups = pass_speedups(models, args.passes, args.repeats)
         rows.append({"target": target, "old": {"heads": old["heads"], "ffn": old["ffn"], "speedups": speedups[0]},
                      "new": {"heads": new["heads"], "ffn": new["ffn"], "speedups": speedups[1]}})
         print(f"x{target:g}: old {old['heads']}/{old['ffn']} x{statistics.median(speedups[0]):.2f}, "
@@ -65,8 +64,7 @@ def matched(dense: torch.nn.Module, target: float, args: argparse.Namespace) -> 
     heads, m = old["heads"], args.multiple
     widths = list(range(old["ffn"] // m * m, int(old["ffn"] * 1.3) // m * m + 1, m))
     models = (dense, shaped_copy(dense, heads, old["ffn"]), *(shaped_copy(dense, heads, w) for w in widths))
-    passes = [time_models(models, 32, 128, warmup=2, repeats=args.repeats) for _ in range(args.passes)]
-    speed = [statistics.median(p[0].median_s / p[i].median_s for p in passes) for i in range(1, len(models))]
+    speed = [statistics.median(s) for s in pass_speedups(models, args.passes, args.repeats)]
     fast_enough = [w for w, s in zip(widths, speed[1:], strict=True) if s >= speed[0]] or widths[:1]
     chosen = max(fast_enough)
     record = {**old, "ffn": chosen, "measured_speedup": speed[1 + widths.index(chosen)], "ffn_multiple": m,

@@ -64,6 +64,13 @@ def line_residuals(widths: list[int], latencies: list[float]) -> list[float]:
     return [lat / (mean_l + slope * (w - mean_w)) - 1 for w, lat in zip(widths, latencies, strict=True)]
 
 
+def pass_speedups(models: tuple[torch.nn.Module, ...], passes: int, repeats: int) -> list[list[float]]:
+    """The first model (dense) and the others timed together `passes` times at 32 x 128, repeats
+    interleaved: each other model's speedup over the first, one per pass (drift between passes cancels)."""
+    timings = [time_models(models, 32, 128, warmup=2, repeats=repeats) for _ in range(passes)]
+    return [[t[0].median_s / t[i].median_s for t in timings] for i in range(1, len(models))]
+
+
 def frontier_rows(method: str, multiple: int, passes: int, repeats: int, results: Path) -> list[dict]:
     """Each finished point of `method`: its speedup as trained and with its FFN widths aligned."""
     dense = packaged_model()
@@ -72,12 +79,8 @@ def frontier_rows(method: str, multiple: int, passes: int, repeats: int, results
         point = json.loads(path.read_text())
         heads, ffn = point["heads_per_layer"], point["ffn_per_layer"]
         aligned = aligned_counts(ffn, [dense.config.intermediate_size] * len(ffn), multiple)
-        models = (dense, shaped_copy(dense, heads, ffn), shaped_copy(dense, heads, aligned))
-        own, moved = [], []
-        for _ in range(passes):
-            stats = time_models(models, 32, 128, warmup=2, repeats=repeats)
-            own.append(stats[0].median_s / stats[1].median_s)
-            moved.append(stats[0].median_s / stats[2].median_s)
+        own, moved = pass_speedups((dense, shaped_copy(dense, heads, ffn), shaped_copy(dense, heads, aligned)),
+                                   passes, repeats)
         row = {"task": point["task"], "target": point["sweep"].get("target_speedup"), "ffn": ffn,
                "ffn_aligned": aligned, "speedup": statistics.median(own), "speedup_aligned": statistics.median(moved)}
         row["gain"] = row["speedup_aligned"] / row["speedup"] - 1
@@ -113,13 +116,8 @@ def main() -> None:
     dense = packaged_model()
     widths = sweep(args.center, args.span)
     models = (dense, *(shaped_copy(dense, args.heads, w) for w in widths))
-    # Each pass: the dense model and every width timed together; a width's latency is its median
-    # relative to the dense model's (drift between passes cancels), then the median over passes.
-    relative: list[list[float]] = [[] for _ in widths]
-    for _ in range(args.passes):
-        stats = time_models(models, 32, 128, warmup=2, repeats=args.repeats)
-        for i, stat in enumerate(stats[1:]):
-            relative[i].append(stat.median_s / stats[0].median_s)
+    # A width's latency relative to the dense model's in each pass, then the median over passes.
+    relative = [[1 / s for s in speedups] for speedups in pass_speedups(models, args.passes, args.repeats)]
     latency = [statistics.median(r) for r in relative]
     residual = line_residuals(widths, latency)
     by_alignment: dict[int, list[float]] = {}

@@ -60,7 +60,7 @@ def compensate_ffn(run: Run, model: nn.Module, masks: dict, section: Ffn, seed: 
 
 def aligned_global_cut(model: nn.Module, pruner: Pruner, masks: dict, multiple: int) -> dict:
     """The last round's global cut with each layer's kept channels moved to a multiple of `multiple`
-    (the total kept within half a multiple): per-layer top-k on the same scores (`aligned_counts`)."""
+    (the total kept as `aligned_counts` says): per-layer top-k on the same scores."""
     names = [t.name for t in pruner.targets]
     widths = [model.get_submodule(name).out_features for name in names]
     kept = [int((masks[name]["weight"].sum(1) > 0).sum()) for name in names]
@@ -83,7 +83,8 @@ def run_ffn_stage(run: Run) -> None:
     per_round = max(1, int(total * (1 - section.recover)) // section.rounds)
     targets = json.loads(progress_file.read_text())["targets"] if done_rounds else ffn_targets(run, model)
     teacher_set, teacher = run.teacher_set(), run.teacher_model(section)
-    multiple = section.width_multiple(run.recipe.bench, model_structure(model).intermediate_size)
+    full_width = model_structure(model).intermediate_size  # the dense width: shrinking keeps the config's
+    multiple = section.width_multiple(run.recipe.bench, full_width)
     if done_rounds < section.rounds:
         log.info("ffn: channels ranked by %s%s", "|sum of w * dL/dw| over each second-linear column (channel "
                  "Taylor)" if section.score == "channel" else "sum of |w * dL/dw| over each first-linear row",
@@ -99,7 +100,7 @@ def run_ffn_stage(run: Run) -> None:
         last = None
         if r == section.rounds - 1:
             widths = {name: model.get_submodule(name).out_features for name in targets}
-            last = (widths, model_structure(model).intermediate_size)
+            last = (widths, full_width)
         config = ffn_round_config(targets, section.rounds, section.allocation, last, multiple)
         scorer = ChannelTaylorImportance.for_ffn(model, targets) if section.score == "channel" else None
         pruner = Pruner(model, config, importance=scorer or "taylor", granularity="out_channel")
