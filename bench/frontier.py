@@ -8,9 +8,10 @@
     python bench/device_frontier.py ...                   # the whole sweep on one GPU, many points at once
 
 Protocol (shared by every method, written into every result): the packaged MiniLM; fine-tune 3
-epochs once per task (shared by all points and methods, with its teacher logits); then per point:
-attention phase 1 epoch (warm-up 0.25, cool-down from 0.75), distil 1 epoch, FFN phase of 12 Taylor
-rounds over 1 epoch, no final distil; batch 32; max length 128; lr 3e-5; seed 1024. SST-2 uses its
+epochs once per task (shared by all points and methods, with its teacher logits; its best epoch end
+chosen on dev); then per point: attention phase 1 epoch (warm-up 0.25, cool-down from 0.75), distil
+1 epoch, FFN phase of 12 Taylor rounds over 1 epoch, no final distil (each point's weights are its
+stages' last, nothing chosen); batch 32; max length 128; lr 3e-5; seed 1024. SST-2 uses its
 first 10,000 training rows, the other tasks all of theirs; dev sets in full. Speedup: measured CPU
 latency, dense vs pruned, 32 x 128, interleaved in one process.
 
@@ -93,7 +94,8 @@ PROTOCOL = ["finetune.epochs=3", "finetune.lr=3e-5", "finetune.warmup_ratio=0", 
             "distil.lr=3e-5", "ffn.epochs=1", "ffn.rounds=12", "ffn.lr=3e-5", "final_distil.enabled=false",
             "train_batch_size=32", "max_seq_length=128", "seed=1024", "max_train_samples=null",
             "finetune.eval_every=null", "distil.eval_every=null", "bench.batch_size=32", "bench.seq_len=128",
-            "bench.repeats=10", "ffn.multiple=1"]  # any FFN width, as every point before ffn.multiple had
+            "bench.repeats=10", "ffn.multiple=1",  # any FFN width, as every point before ffn.multiple had
+            "select_rows=0"]  # the fine-tune's best epoch end chosen on dev, as for every point before select_rows
 TASK_SAMPLES = {"sst2": 10000}
 # The tutorial's method as NNI ran it: soft movement on per-head blocks, scores trained by Adam at
 # 1e-2, blocks kept above a threshold ramping to 0.1, a head removed when its value rows are masked,

@@ -108,6 +108,12 @@ def test_frontier_methods_with_aligned_widths_get_their_own_latency_line(tmp_pat
     assert "ffn.multiple=1" in frontier.PROTOCOL  # the recorded points' widths: any
 
 
+def test_shipped_recipes_choose_on_rows_set_aside_but_the_frontier_protocol_as_it_was_recorded():
+    frontier = load_bench("frontier")
+    assert load_recipe("default").select_rows == load_recipe("trimformer").select_rows == 500
+    assert load_recipe("default", frontier.PROTOCOL).select_rows == 0  # every recorded point chose on dev
+
+
 def test_the_aligned_frontier_targets_keep_the_harness_heads_on_multiples():
     """taylor_a16's committed shapes: the harness's heads, a wider FFN on a multiple of 16, recorded
     as timed for 16 so a run with ffn.multiple=16 applies them without re-splitting."""

@@ -23,6 +23,8 @@ from trimformer import dist, glue
 from trimformer.calibrate import calibrate_output_bias
 from trimformer.distill import compute_teacher_logits, load_teacher_logits, save_teacher_logits
 from trimformer.ffn_stage import run_ffn_stage
+from trimformer.glue_metrics import compute_metrics
+from trimformer.holdout import rows_to_read, split_holdout
 from trimformer.io import load_pruned, save_pruned, write_json
 from trimformer.masks import load_masks, remove_masks, save_masks
 from trimformer.movement import MovementEngine
@@ -31,7 +33,7 @@ from trimformer.recipe import Distil, Ffn, Recipe
 from trimformer.shrink import shrink
 from trimformer.structure import model_structure
 from trimformer.target_stage import apply_target
-from trimformer.train import TrainSettings, evaluate, fit
+from trimformer.train import TrainSettings, evaluate, fit, predict
 
 log = logging.getLogger("trimformer")
 STAGES = ("finetune", "attention", "heads", "distil", "ffn", "final_distil")
@@ -59,6 +61,7 @@ class RunData:
     collate: object
     train: glue.GlueDataset
     dev: dict[str, glue.GlueDataset]
+    holdout: glue.GlueDataset | None = None  # training rows set aside to choose checkpoints on
 
 
 def load_data(options: RunOptions) -> RunData:
@@ -69,10 +72,15 @@ def load_data(options: RunOptions) -> RunData:
     glue.check_task_files(task, options.glue_dir)
     recipe = options.recipe
     tokenizer = AutoTokenizer.from_pretrained(options.model)
-    train = glue.load_split(task, "train", options.glue_dir, recipe.max_train_samples)
+    rows = glue.load_split(task, "train", options.glue_dir, rows_to_read(recipe.max_train_samples, recipe.select_rows))
+    train, holdout = split_holdout(rows, recipe.select_rows, recipe.seed, recipe.max_train_samples)
+    if holdout:
+        log.info("%d of %d training rows read set aside to choose checkpoints on; %d trained on",
+                 len(holdout), len(rows), len(train))
     dev = {s: glue.load_split(task, s, options.glue_dir, recipe.max_eval_samples) for s in task.dev_splits}
     enc = lambda rows: glue.GlueDataset(glue.encode(tokenizer, task, rows, recipe.max_seq_length))  # noqa: E731
-    return RunData(task, tokenizer, glue.make_collator(tokenizer), enc(train), {k: enc(v) for k, v in dev.items()})
+    return RunData(task, tokenizer, glue.make_collator(tokenizer), enc(train), {k: enc(v) for k, v in dev.items()},
+                   enc(holdout) if holdout else None)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,6 +111,16 @@ class Run:
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         return evaluate(model, self.task, self.data.dev, self.data.collate, self.recipe.eval_batch_size, self.device)
+
+    def choose(self, model: nn.Module) -> dict[str, float]:
+        """The metrics a stage keeping its best weights chooses by: the holdout's, else dev's."""
+        if self.data.holdout is None:
+            return self.evaluate(model)
+        logits, labels = predict(model, self.data.holdout, self.data.collate, self.recipe.eval_batch_size,
+                                 self.device)
+        metrics = compute_metrics(self.task, logits, labels)
+        # MNLI's main metric is the mean accuracy of its two dev splits: on one holdout, its accuracy.
+        return {self.task.main_metric: metrics.get(self.task.main_metric, metrics["accuracy"]), **metrics}
 
     def settings(self, section, distill: bool = False, seed_offset: int = 0, **extra) -> TrainSettings:
         r = self.recipe
@@ -164,8 +182,8 @@ class Run:
             ignore_mismatched_sizes=True).to(self.device)
         result = fit(model, self.task, self.data.train, self.data.collate,
                      self.settings(self.recipe.finetune, keep_best=True), evaluate_fn=self.evaluate,
-                     main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir("finetune") / "checkpoint",
-                     device=self.device, desc="finetune")
+                     select_fn=self.choose, main_metric=self.task.main_metric,
+                     checkpoint_dir=self.stage_dir("finetune") / "checkpoint", device=self.device, desc="finetune")
         logits = compute_teacher_logits(model, self.data.train, self.data.collate, self.recipe.eval_batch_size,
                                         device=self.device)
         dist.on_main(lambda: save_teacher_logits(logits, self.out / "teacher_logits.safetensors"))
@@ -240,8 +258,9 @@ class Run:
             return
         result = fit(model, self.task, self.teacher_set(), self.data.collate,
                      self.settings(section, distill=True, keep_best=True), evaluate_fn=self.evaluate,
-                     main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir(stage) / "checkpoint",
-                     device=self.device, desc=stage, teacher=self.teacher_model(section))
+                     select_fn=self.choose, main_metric=self.task.main_metric,
+                     checkpoint_dir=self.stage_dir(stage) / "checkpoint", device=self.device, desc=stage,
+                     teacher=self.teacher_model(section))
         extra = self.calibrate(model, section)
         dist.check_identical(model.state_dict(), f"the weights after {stage}")
         dist.on_main(lambda: save_pruned(model, self.stage_dir(stage) / "model", tokenizer=self.data.tokenizer))

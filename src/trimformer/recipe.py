@@ -218,6 +218,10 @@ class Recipe(_Strict):
     eval_batch_size: int = Field(64, ge=1)
     max_train_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)
+    # Training rows set aside, and not trained on, to choose the best weights on in the stages that
+    # keep them (holdout.py); 0 chooses on the dev set, whose reported metric is then the best of
+    # several looks at it. The shipped recipes set aside 500.
+    select_rows: int = Field(0, ge=0)
     seed: int = 1024
     checkpoint_every: int = Field(100, ge=1)
     # false: a regression task (one output, STS-B) trains on its labels alone in every stage that

@@ -76,7 +76,10 @@ def summarize(run: Run) -> RunReport:
         points=points, extra={"recipe": recipe.name, "bench_batch_size": bench.batch_size,
                               "bench_seq_len": bench.seq_len, "bench_repeats": bench.repeats,
                               "speedup_passes": list(latency.pass_speedups),
-                              "bench_device": bench.device, "bench_bf16": bench.bf16, "bench_compile": bench.compile},
+                              "bench_device": bench.device, "bench_bf16": bench.bf16, "bench_compile": bench.compile,
+                              # what the stages that keep their best weights chose them on (holdout.py)
+                              "best_weights_chosen_on": (f"{len(run.data.holdout)} training rows set aside"
+                                                         if run.data.holdout is not None else "dev")},
     )
     target = out / "target.json"
     if target.is_file():

@@ -134,14 +134,17 @@ def evaluate(model: nn.Module, task: TaskSpec, dev_sets: dict[str, Dataset], col
 
 
 def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable, settings: TrainSettings, *,
-        evaluate_fn: Callable[[nn.Module], dict[str, float]] | None = None, main_metric: str = "accuracy",
+        evaluate_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+        select_fn: Callable[[nn.Module], dict[str, float]] | None = None, main_metric: str = "accuracy",
         checkpoint_dir: Path | None = None, on_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
         extra_loss: Callable[[], torch.Tensor] | None = None,
         extra_state: tuple[Callable[[], dict], Callable[[dict, int], None]] | None = None,
         device: torch.device | str = "cpu", desc: str = "train", teacher: nn.Module | None = None) -> FitResult:
-    """Train `model` in place. `on_optimizer` attaches pruners to the optimiser; `extra_state`
-    = (get tensors, set tensors and step) lets a pruner's state ride in the checkpoints; `teacher`
-    (frozen) supplies hidden states when `settings.hidden_weight` > 0."""
+    """Train `model` in place; the returned metrics are `evaluate_fn`'s on the final weights, which
+    with `settings.keep_best` are the best by `select_fn` (default: `evaluate_fn`). `on_optimizer`
+    attaches pruners to the optimiser; `extra_state` = (get tensors, set tensors and step) lets a
+    pruner's state ride in the checkpoints; `teacher` (frozen) supplies hidden states when
+    `settings.hidden_weight` > 0."""
     layer_kd = teacher is not None and settings.hidden_weight > 0
     torch.manual_seed(settings.seed)
     steps_per_epoch = math.ceil(len(train_set) / settings.batch_size)
@@ -222,9 +225,9 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
             epoch_end = step % steps_per_epoch == 0 or step == total
             due = epoch_end or (settings.eval_every is not None and step % settings.eval_every == 0)
             if evaluate_fn is not None and keep_best and due:
-                metrics = evaluate_fn(model)
-                if best is None or metrics[main_metric] > best:
-                    best = metrics[main_metric]
+                chosen_by = (select_fn or evaluate_fn)(model)[main_metric]
+                if best is None or chosen_by > best:
+                    best = chosen_by
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 model.train()
             if checkpoint_dir is not None and (step % settings.checkpoint_every == 0 or epoch_end) and step < total:
