@@ -15,54 +15,12 @@ stages' last, nothing chosen); batch 32; max length 128; lr 3e-5; seed 1024. SST
 first 10,000 training rows, the other tasks all of theirs; dev sets in full. Speedup: measured CPU
 latency, dense vs pruned, 32 x 128, interleaved in one process.
 
-Methods:
-  tutorial   - soft movement on per-head blocks (swept by regular_scale), the heads cut from the
-               fine-tuned weights (the tutorial reloads them, keeping only the masks), a head removed
-               only when all its blocks are masked, partly masked heads restored, the tutorial's FFN
-               rule (keep half as much FFN as the layer kept heads)
-  trimformer - `--target-speedup P`: heads and FFN sizes chosen from measured latency, hard movement
-               on whole heads (q, k, v, o together) ranked across all layers at once, with distillation
-               during that epoch, heads cut from the weights trained under the masks, coupled Taylor FFN
-               channels ranked across layers in 12 rounds over the first three quarters of the FFN
-               epoch, the last quarter at the final width
-  layerwise  - ablation: trimformer's with the same share of heads and channels kept in every layer
-  target     - ablation: `--target-speedup P` with the default recipe's other settings (heads cut from
-               the fine-tuned weights, no distillation while pruning attention, no recovery quarter)
-  hidden     - trimformer's plus layer-wise hidden-state distillation (MSE, weight 1) from the fine-tuned
-               model in the attention, distil and FFN stages (the teacher runs at every step)
-  calibrated - trimformer's with the FFN recovery quarter trained from the full learning rate and
-               the classifier's bias shifted to the teacher's class rates on 8,192 training rows
-  taylor     - calibrated's with heads ranked by accumulated first-order Taylor importance;
-               taylor_uncal without the bias calibration; taylor_heads2 and taylor_alpha5 with
-               `target.head_ratio=2` or the task loss weighted 0.5 (see below)
-  taylor_reg - taylor's with a regression task (STS-B) trained on its labels alone wherever the
-               others distil (what `--recipe trimformer` runs)
-  taylor_ra5 - taylor_reg's with the task loss weighted 0.5 in the distil and FFN stages (the recipe's
-               choice on one seed; over three, 1.2 points behind taylor_reg at x5 and even at x2/x3)
-  taylor_dec - taylor_reg's with the Taylor head scores an exponential moving sum (decay 0.97 a step),
-               so the ranking follows the model as heads go; taylor_chan, taylor_out and taylor_chl
-               build on it (see below)
-  taylor_hid - taylor_ra5's plus hidden's layer-wise hidden-state distillation in the three pruning
-               stages (ahead of `trimformer` at x5 in the first GPU frontier; at x5 on the CPU -1.8,
-               +0.6, -0.7 points against taylor_ra5 on CoLA, SST-2, RTE: bench/results/hidden-cpu)
-  taylor_kd  - taylor_reg's with the distil and FFN stages on the KD loss alone (task loss weight 0;
-               the other side of taylor_reg from taylor_ra5)
-  taylor_rh2 - taylor_reg's with twice the heads' share of the latency budget (`target.head_ratio=2`;
-               at x3 on the CPU +2.7 MCC points on CoLA over three seeds, -2.3 on SST-2, -0.05 on the
-               five-task mean: bench/results/rh2-cpu; on the GPU behind at every target over three
-               seeds, CoLA too: bench/results/frontier/README.md, fifth frontier)
-  taylor_avg - taylor_reg's with the distil epoch and the FFN recovery each ending on the mean of the
-               weights after each of their last half's steps (`distil.average=0.5 ffn.average=0.5`;
-               on the GPU level with taylor_reg over three seeds: bench/results/frontier/README.md)
-  taylor_fade - taylor_reg's with each head that leaves the attention mask faded out over 30 steps
-               (`attention.fade_steps=30`; capped on small tasks to the steps after the cool-down;
-               on the GPU level with taylor_reg over three seeds: seventh frontier)
-  taylor_a16 - taylor_reg's with FFN widths on multiples of 16 (`ffn.multiple=16`, the recipe default
-               since the twelfth session), at each target the same heads and the widest such FFN
-               that times as fast as taylor_reg's shape (frontier_targets/x<T>-m16.json, from
-               bench/frontier_targets.py --match): 12-15% more channels at the same speed
-  taylor_reg_s1025, taylor_ra5_s1026, ... - the same methods with the stages after the shared
-               fine-tune seeded 1025 or 1026 (frontier.md then has means over seeds)
+Methods: `tutorial` (NNI's recipe: soft movement on per-head blocks swept by regular_scale, heads
+cut from the fine-tuned weights, the tutorial's FFN rule) and the target methods of TARGET_METHODS
+below, each `--target-speedup P` plus a list of recipe switches that adds to an earlier one
+(`taylor_reg` is what `--recipe trimformer` runs; `<method>_s1025` / `_s1026` seed the stages after
+the shared fine-tune differently). What each switch does, why it was tried and where it was
+measured: bench/results/frontier/README.md, "The methods".
 
     python bench/frontier.py --tasks stsb --methods tutorial --scales 1 3 --stop-after heads
 looks at the heads a few regular_scale values keep without finishing the runs (a finished run
