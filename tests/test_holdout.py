@@ -82,6 +82,8 @@ def test_a_run_chooses_on_the_rows_set_aside_and_trains_on_the_rest(tmp_path, mo
     assert len(load_teacher_logits(out / "teacher_logits.safetensors")) == 40  # 48 rows less the 8 set aside
     report = json.loads((out / "report.json").read_text())
     assert report["extra"]["best_weights_chosen_on"] == "8 training rows set aside"
+    assert "8 training rows set aside to choose the best weights on (select_rows); 40 trained on" in (
+        out / "run.log").read_text()
 
 
 def test_a_holdout_larger_than_the_train_file_exits_2(tmp_path, capsys):

@@ -74,9 +74,6 @@ def load_data(options: RunOptions) -> RunData:
     tokenizer = AutoTokenizer.from_pretrained(options.model)
     rows = glue.load_split(task, "train", options.glue_dir, rows_to_read(recipe.max_train_samples, recipe.select_rows))
     train, holdout = split_holdout(rows, recipe.select_rows, recipe.seed, recipe.max_train_samples)
-    if holdout:
-        log.info("%d of %d training rows read set aside to choose checkpoints on; %d trained on",
-                 len(holdout), len(rows), len(train))
     dev = {s: glue.load_split(task, s, options.glue_dir, recipe.max_eval_samples) for s in task.dev_splits}
     enc = lambda rows: glue.GlueDataset(glue.encode(tokenizer, task, rows, recipe.max_seq_length))  # noqa: E731
     return RunData(task, tokenizer, glue.make_collator(tokenizer), enc(train), {k: enc(v) for k, v in dev.items()},
@@ -101,6 +98,9 @@ class Run:
         self.task = data.task
         self.device = resolve_device(options.device)
         self.target_shape: tuple[int, int] | None = None  # heads, FFN channels a layer: set by apply_target
+        if data.holdout is not None:
+            log.info("%d training rows set aside to choose the best weights on (select_rows); %d trained on",
+                     len(data.holdout), len(data.train))
 
     def stage_dir(self, stage: str) -> Path:
         return self.out / "stages" / stage
