@@ -131,7 +131,7 @@ def branch_dir(source: Path, target: Path, after: str) -> None:
         if (source / "stages" / stage).is_dir():
             shutil.copytree(source / "stages" / stage, target / "stages" / stage,
                             ignore=shutil.ignore_patterns("checkpoint", "*_checkpoint"))
-    for name in ("target.json", "teacher_logits.safetensors"):
+    for name in ("target.json", "teacher_logits.safetensors", "data.json"):  # data.json: the rows it trained on
         if (source / name).is_file():
             shutil.copy(source / name, target / name)
 
@@ -192,6 +192,8 @@ def start_point(task: str, method: str, value: float, work: Path, shared: Path) 
         (out / "stages").mkdir(parents=True)
         shutil.copytree(shared / "stages" / "finetune", out / "stages" / "finetune")
         shutil.copy(shared / "teacher_logits.safetensors", out / "teacher_logits.safetensors")
+        if (shared / "data.json").is_file():  # the rows the fine-tune trained on, which the point must too
+            shutil.copy(shared / "data.json", out / "data.json")
     return out
 
 

@@ -16,26 +16,25 @@ from trimformer.holdout import rows_to_read, split_holdout
 from trimformer.train import TrainSettings, fit
 
 
-def test_the_holdout_is_a_seeded_draw_disjoint_from_the_training_rows():
+def test_the_holdout_is_a_fixed_random_draw_disjoint_from_the_training_rows():
     rows = list(range(100))
-    train, held = split_holdout(rows, 10, seed=1)
+    train, held = split_holdout(rows, 10)
     assert len(held) == 10 and len(train) == 90 and sorted(train + held) == rows
     assert train == sorted(train) and held == sorted(held)  # file order kept on both sides
-    assert split_holdout(rows, 10, seed=1) == (train, held)
-    assert split_holdout(rows, 10, seed=2)[1] != held
+    assert split_holdout(rows, 10) == (train, held)  # the same rows whatever the run's seed
     assert held != list(range(90, 100))  # not the file's tail (CoLA's files are grouped by source)
 
 
 def test_the_training_rows_keep_their_cap_and_the_holdout_can_come_from_beyond_it():
     assert rows_to_read(60, 10) == 70 and rows_to_read(None, 10) is None
-    train, held = split_holdout(list(range(70)), 10, seed=0, max_train_samples=60)
+    train, held = split_holdout(list(range(70)), 10, max_train_samples=60)
     assert len(train) == 60 and len(held) == 10 and not set(train) & set(held)
-    assert split_holdout(list(range(70)), 0, seed=0, max_train_samples=60) == (list(range(60)), [])
+    assert split_holdout(list(range(70)), 0, max_train_samples=60) == (list(range(60)), [])
 
 
 def test_a_holdout_as_big_as_the_file_is_refused():
     with pytest.raises(GlueDataError, match="select_rows=5 holds out every training row"):
-        split_holdout(list(range(5)), 5, seed=0)
+        split_holdout(list(range(5)), 5)
 
 
 def test_fit_keeps_the_weights_the_selection_metric_prefers_and_reports_the_evaluation():
@@ -93,3 +92,21 @@ def test_a_holdout_larger_than_the_train_file_exits_2(tmp_path, capsys):
     assert code == 2
     assert "select_rows=12 holds out every training row: the train file has 12" in capsys.readouterr().err
     assert not (tmp_path / "out" / "stages").exists()
+
+
+def test_a_resume_on_other_rows_exits_2_before_training(tmp_path, capsys):
+    glue_dir = write_sst2(tmp_path / "glue", train_rows=48)
+    out = tmp_path / "out"
+    cmd = ["run", "--model", str(write_tiny_model(tmp_path / "tiny")), "--task", "sst2", "--glue-dir", str(glue_dir),
+           "--recipe", "smoke", "--output-dir", str(out), *TINY_OVERRIDES, "--stop-after", "finetune"]
+    assert main([*cmd, "select_rows=8"]) == 0
+    recorded = json.loads((out / "data.json").read_text())
+    assert recorded["train_rows"] == 40 and recorded["holdout_rows"] == 8
+    assert main([*cmd, "select_rows=8", "--resume", "seed=7"]) == 0  # another seed, the same rows
+    recipe_before = (out / "recipe.json").read_text()
+    # the same number of training rows, other ones: 48 read, 8 set aside -> 40; 40 read, none set aside -> 40
+    assert main([*cmd, "select_rows=0", "max_train_samples=40", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "began on other rows (40 trained on, 8 set aside) than these (40 and 0" in err
+    assert (out / "recipe.json").read_text() == recipe_before  # nothing of the refused resume written
+    assert json.loads((out / "data.json").read_text()) == recorded

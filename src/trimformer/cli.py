@@ -89,6 +89,8 @@ def setup_logging(log_file: Path | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from trimformer.atomic import write_atomic
+    from trimformer.holdout import check_rows_record
     from trimformer.pipeline import Run, RunOptions, load_data
     from trimformer.recipe import load_recipe
     from trimformer.summarize import summarize
@@ -122,7 +124,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if dist.launched():
         dist.accelerator()  # sets up the process group before any stage
     setup_logging(output_dir / "run.log" if dist.is_main() else None)
-    dist.on_main(lambda: (output_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2)))
+    check_rows_record(output_dir / "data.json", data.rows, write=dist.is_main())  # a resume on other rows stops
+    dist.on_main(lambda: write_atomic(output_dir / "recipe.json", recipe.model_dump_json(indent=2)))
     run = Run(options, data)
     run.run_stages(args.stop_after)
     if args.stop_after is not None:

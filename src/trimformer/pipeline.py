@@ -24,7 +24,7 @@ from trimformer.calibrate import calibrate_output_bias
 from trimformer.distill import compute_teacher_logits, load_teacher_logits, save_teacher_logits
 from trimformer.ffn_stage import run_ffn_stage
 from trimformer.glue_metrics import compute_metrics
-from trimformer.holdout import rows_to_read, split_holdout
+from trimformer.holdout import RowsRecord, rows_to_read, split_holdout
 from trimformer.io import load_pruned, save_pruned, write_json
 from trimformer.masks import load_masks, remove_masks, save_masks
 from trimformer.movement import MovementEngine
@@ -61,6 +61,7 @@ class RunData:
     collate: object
     train: glue.GlueDataset
     dev: dict[str, glue.GlueDataset]
+    rows: RowsRecord  # which rows are trained on and which set aside (data.json)
     holdout: glue.GlueDataset | None = None  # training rows set aside to choose checkpoints on
 
 
@@ -73,11 +74,11 @@ def load_data(options: RunOptions) -> RunData:
     recipe = options.recipe
     tokenizer = AutoTokenizer.from_pretrained(options.model)
     rows = glue.load_split(task, "train", options.glue_dir, rows_to_read(recipe.max_train_samples, recipe.select_rows))
-    train, holdout = split_holdout(rows, recipe.select_rows, recipe.seed, recipe.max_train_samples)
+    train, holdout = split_holdout(rows, recipe.select_rows, recipe.max_train_samples)
     dev = {s: glue.load_split(task, s, options.glue_dir, recipe.max_eval_samples) for s in task.dev_splits}
     enc = lambda rows: glue.GlueDataset(glue.encode(tokenizer, task, rows, recipe.max_seq_length))  # noqa: E731
     return RunData(task, tokenizer, glue.make_collator(tokenizer), enc(train), {k: enc(v) for k, v in dev.items()},
-                   enc(holdout) if holdout else None)
+                   RowsRecord.of(train, holdout), enc(holdout) if holdout else None)
 
 
 def resolve_device(name: str) -> torch.device:
