@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # two arms run at once on the 2-core VM
     model_dir = f"{args.finetune}/stages/finetune/model"
-    recipe = load_recipe("default", ["max_train_samples=null", "max_seq_length=128"])
+    recipe = load_recipe("default", ["max_train_samples=null", "max_seq_length=128", "select_rows=0"])
     data = load_data(RunOptions(model=model_dir, task=args.task, output_dir="unused", recipe=recipe,
                                 glue_dir=args.glue_dir))
     task, model = glue.get_task(args.task), load_pruned(model_dir)

@@ -124,7 +124,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if dist.launched():
         dist.accelerator()  # sets up the process group before any stage
     setup_logging(output_dir / "run.log" if dist.is_main() else None)
-    check_rows_record(output_dir / "data.json", data.rows, write=dist.is_main())  # a resume on other rows stops
+    check_rows_record(output_dir, data.rows, recipe.select_rows, recipe.max_train_samples,
+                      write=dist.is_main())  # a resume on other rows stops here
     dist.on_main(lambda: write_atomic(output_dir / "recipe.json", recipe.model_dump_json(indent=2)))
     run = Run(options, data)
     run.run_stages(args.stop_after)

@@ -120,8 +120,9 @@ class Run:
         logits, labels = predict(model, self.data.holdout, self.data.collate, self.recipe.eval_batch_size,
                                  self.device)
         metrics = compute_metrics(self.task, logits, labels)
-        # MNLI's main metric is the mean accuracy of its two dev splits: on one holdout, its accuracy.
-        return {self.task.main_metric: metrics.get(self.task.main_metric, metrics["accuracy"]), **metrics}
+        # MNLI's main metric ("default") is the mean accuracy of its two dev splits: on one holdout, its accuracy.
+        main = "accuracy" if self.task.main_metric == "default" else self.task.main_metric
+        return {self.task.main_metric: metrics[main], **metrics}
 
     def settings(self, section, distill: bool = False, seed_offset: int = 0, **extra) -> TrainSettings:
         r = self.recipe

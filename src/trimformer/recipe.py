@@ -219,8 +219,9 @@ class Recipe(_Strict):
     max_train_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)
     # Training rows set aside, and not trained on, to choose the best weights on in the stages that
-    # keep them (holdout.py); 0 chooses on the dev set, whose reported metric is then the best of
-    # several looks at it. The shipped recipes set aside 500.
+    # keep them (holdout.py: from beyond max_train_samples where the file has them, else at most a
+    # tenth of the file); 0 chooses on the dev set, whose reported metric is then the best of several
+    # looks at it. The shipped recipes set aside 500.
     select_rows: int = Field(0, ge=0)
     seed: int = 1024
     checkpoint_every: int = Field(100, ge=1)

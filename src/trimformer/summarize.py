@@ -78,8 +78,8 @@ def summarize(run: Run) -> RunReport:
                               "speedup_passes": list(latency.pass_speedups),
                               "bench_device": bench.device, "bench_bf16": bench.bf16, "bench_compile": bench.compile,
                               # what the stages that keep their best weights chose them on (holdout.py)
-                              "best_weights_chosen_on": (f"{len(run.data.holdout)} training rows set aside"
-                                                         if run.data.holdout is not None else "dev")},
+                              "chosen_on": "holdout" if run.data.rows.holdout_rows else "dev",
+                              "holdout_rows": run.data.rows.holdout_rows},
     )
     target = out / "target.json"
     if target.is_file():

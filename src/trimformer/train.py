@@ -224,8 +224,9 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
             bar.set_postfix(loss=f"{loss.item():.4f}", **({main_metric: f"{best:.4f}"} if best is not None else {}))
             epoch_end = step % steps_per_epoch == 0 or step == total
             due = epoch_end or (settings.eval_every is not None and step % settings.eval_every == 0)
-            if evaluate_fn is not None and keep_best and due:
-                chosen_by = (select_fn or evaluate_fn)(model)[main_metric]
+            chooser = select_fn or evaluate_fn
+            if chooser is not None and keep_best and due:
+                chosen_by = chooser(model)[main_metric]
                 if best is None or chosen_by > best:
                     best = chosen_by
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
