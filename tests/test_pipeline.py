@@ -436,3 +436,19 @@ def test_regression_trains_on_labels_when_distill_regression_is_off(tmp_path):
     assert switched.keys() == by_hand.keys() == distilled.keys()
     assert all(torch.equal(switched[k], by_hand[k]) for k in switched)
     assert not all(torch.equal(switched[k], distilled[k]) for k in switched)
+
+
+def test_attention_recover_lr_restarts_the_steps_after_the_cool_down(tmp_path, monkeypatch):
+    import trimformer.pipeline as pipeline
+
+    seen = {}
+    real_fit = pipeline.fit
+    monkeypatch.setattr(pipeline, "fit", lambda *a, **k: (seen.setdefault(k["desc"], a[4]), real_fit(*a, **k))[1])
+    glue_dir = write_sst2(tmp_path / "glue")
+    code = main(["run", "--model", str(write_tiny_model(tmp_path / "tiny")), "--task", "sst2", "--glue-dir",
+                 str(glue_dir), "--recipe", "smoke", "--output-dir", str(tmp_path / "out"), *TINY_OVERRIDES,
+                 "attention.recover_lr=2e-5", "attention.cool_down=0.75", "--stop-after", "attention"])
+    assert code == 0
+    attention = seen["attention"]  # attention.max_steps=8 in TINY_OVERRIDES: the cool-down begins at step 6
+    assert (attention.restart_step, attention.restart_lr) == (6, 2e-5)
+    assert seen["finetune"].restart_step is None

@@ -142,3 +142,12 @@ def test_tail_average_is_kept_over_an_evaluations_best_weights():
             {k: v.detach().clone() for k, v in model.named_parameters()})))
     expected = torch.stack([weights["classifier.weight"] for weights in seen[-3:]]).mean(0)
     assert torch.allclose(model.classifier.weight, expected, atol=1e-6)
+
+
+def test_the_lr_restarts_at_restart_step_and_decays_to_zero_by_the_end():
+    lrs = []
+    settings = TrainSettings(max_steps=8, batch_size=4, lr=1e-3, restart_step=6, restart_lr=2e-3)
+    fit(tiny_bert(), get_task("sst2"), make_set(), collate, settings,
+        on_optimizer=lambda opt: opt.register_step_pre_hook(lambda o, *_: lrs.append(o.param_groups[0]["lr"])))
+    assert lrs[:6] == pytest.approx([1e-3 * (8 - s) / 8 for s in range(6)])  # the one decay until step 6
+    assert lrs[6:] == pytest.approx([2e-3, 1e-3])  # then from restart_lr to zero over the last 2 steps

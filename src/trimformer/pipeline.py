@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -200,6 +200,8 @@ class Run:
         settings = self.settings(section, distill=section.distill)
         steps = settings.max_steps or max(1, round(settings.epochs * -(-len(self.data.train) // settings.batch_size)))
         cool_down = int(section.cool_down * steps)
+        if section.recover_lr is not None:  # the steps at the final head set restart from recover_lr
+            settings = replace(settings, restart_step=cool_down, restart_lr=section.recover_lr)
         # Hard mode ranks whole heads (q, k, v rows + output columns together), so shrinking removes them.
         engine = MovementEngine(model, [{"op_names": names, "sparsity": section.sparsity}],
                                 warm_up_step=int(section.warm_up * steps),

@@ -72,6 +72,10 @@ class Attention(StageTrain):
     # Hard mode: a head leaving the mask fades out linearly over this many steps instead of at once
     # (capped so every fade ends by the stage's last step).
     fade_steps: int = Field(0, ge=0)
+    # Set: the steps from the cool-down on, at the final head set, train from this lr decaying to zero
+    # (as the FFN stage's recovery does, `ffn.recover_lr`); unset: the tail of the stage's one decay,
+    # a quarter of `lr` at a cool-down of 0.75.
+    recover_lr: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _taylor_is_hard(self) -> Attention:

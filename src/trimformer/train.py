@@ -50,6 +50,10 @@ class TrainSettings:
     bf16: bool = False  # autocast the forward to bfloat16 (GPUs); optimiser state stays float32
     hidden_weight: float = 0.0  # > 0 (with a teacher given to fit): add this x layer-wise hidden-state MSE
     average: float = 0.0  # > 0: end on the mean of the weights after each of the last this fraction of steps
+    # From this step on the lr restarts at `restart_lr` and decays linearly to 0 by the last step (the
+    # attention stage's steps at the final head set: otherwise they train at the tail of one decay).
+    restart_step: int | None = None
+    restart_lr: float | None = None
 
 
 @dataclass
@@ -156,6 +160,9 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
     warmup = int(settings.warmup_ratio * total)
 
     def lr_lambda(step: int) -> float:
+        if settings.restart_step is not None and step >= settings.restart_step:
+            restart = (settings.restart_lr or settings.lr) / settings.lr
+            return restart * max(0.0, (total - step) / max(1, total - settings.restart_step))
         if step < warmup:
             return (step + 1) / warmup
         return max(0.0, (total - step) / max(1, total - warmup))
