@@ -33,7 +33,10 @@ def stage_metrics(point: Path, main_metric: str) -> list[float] | None:
         done = point / "stages" / stage / "done.json"
         if not done.is_file():
             return None
-        values.append(float(json.loads(done.read_text())["metrics"][main_metric]))
+        metrics = json.loads(done.read_text())["metrics"]
+        if main_metric not in metrics:
+            raise SystemExit(f"{done}: no {main_metric!r} among its metrics {sorted(metrics)}")
+        values.append(float(metrics[main_metric]))
     return values
 
 
@@ -41,12 +44,18 @@ def stage_losses(works: list[Path], method: str) -> list[dict]:
     """One row per (task, target): seeds found, dense metric and each stage's mean change in points."""
     pattern = re.compile(rf"{re.escape(method)}(_s\d+)?-(\d+(?:\.\d+)?)$")
     found: dict[tuple[str, float], list[list[float]]] = {}
+    seen: dict[tuple[str, str], Path] = {}
     for work in works:
+        if not work.is_dir():
+            raise SystemExit(f"{work}: no such frontier work folder")
         for point in sorted(work.glob("*/*")):
             match = pattern.match(point.name)
             if not match:
                 continue
             task = point.parent.name
+            if (task, point.name) in seen:  # one run unpacked twice would count as two seeds
+                raise SystemExit(f"{point} and {seen[task, point.name]}: the same point in two work folders")
+            seen[task, point.name] = point
             values = stage_metrics(point, get_task(task).main_metric)
             if values is not None:
                 found.setdefault((task, float(match.group(2))), []).append(values)
@@ -66,6 +75,8 @@ def main() -> None:
     parser.add_argument("--out", help="write the rows and the command here (JSON)")
     args = parser.parse_args()
     rows = stage_losses([Path(w) for w in args.work], args.method)
+    if not rows:
+        raise SystemExit(f"no finished {args.method} point under {', '.join(args.work)}")
     for row in rows:
         print(f"{row['task']:5} x{row['target']:g} ({row['seeds']} seeds): dense {row['dense']:.3f}; "
               + ", ".join(f"{stage} {row[stage]:+.1f}" for stage in STAGES[1:]) + f"; drop {row['drop']:.1f}")

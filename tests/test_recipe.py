@@ -127,3 +127,10 @@ def test_the_aligned_frontier_targets_keep_the_harness_heads_on_multiples():
         assert new["heads"] == old["heads"] and new["ffn"] % 16 == 0 and new["ffn"] > old["ffn"]
         assert new["ffn_multiple"] == 16 and new.get("head_ratio", 1.0) == 1.0
         assert new["target_speedup"] == old["target_speedup"]
+
+
+@pytest.mark.parametrize("bad", [["attention.cool_down=1"], ["attention.warmup_ratio=0.8"]])
+def test_attention_recover_lr_needs_a_cool_down_inside_the_stage(bad):
+    assert load_recipe("default", ["attention.recover_lr=3e-5"]).attention.recover_lr == 3e-5
+    with pytest.raises(ConfigError, match="recover_lr restarts the lr at the cool-down"):
+        load_recipe("default", ["attention.recover_lr=3e-5", *bad])

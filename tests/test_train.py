@@ -151,3 +151,13 @@ def test_the_lr_restarts_at_restart_step_and_decays_to_zero_by_the_end():
         on_optimizer=lambda opt: opt.register_step_pre_hook(lambda o, *_: lrs.append(o.param_groups[0]["lr"])))
     assert lrs[:6] == pytest.approx([1e-3 * (8 - s) / 8 for s in range(6)])  # the one decay until step 6
     assert lrs[6:] == pytest.approx([2e-3, 1e-3])  # then from restart_lr to zero over the last 2 steps
+
+
+def test_a_restart_needs_its_lr_and_overrides_the_warm_up_from_its_step():
+    with pytest.raises(ValueError, match="restart_step and restart_lr go together"):
+        TrainSettings(restart_step=6)
+    lrs = []
+    settings = TrainSettings(max_steps=8, batch_size=4, lr=1e-3, warmup_ratio=0.25, restart_step=6, restart_lr=1e-3)
+    fit(tiny_bert(), get_task("sst2"), make_set(), collate, settings,
+        on_optimizer=lambda opt: opt.register_step_pre_hook(lambda o, *_: lrs.append(o.param_groups[0]["lr"])))
+    assert lrs[:2] == pytest.approx([0.5e-3, 1e-3]) and lrs[6:] == pytest.approx([1e-3, 0.5e-3])

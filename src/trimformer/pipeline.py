@@ -33,7 +33,7 @@ from trimformer.recipe import Distil, Ffn, Recipe
 from trimformer.shrink import shrink
 from trimformer.structure import model_structure
 from trimformer.target_stage import apply_target
-from trimformer.train import TrainSettings, evaluate, fit, predict
+from trimformer.train import TrainSettings, evaluate, fit, predict, stage_steps
 
 log = logging.getLogger("trimformer")
 STAGES = ("finetune", "attention", "heads", "distil", "ffn", "final_distil")
@@ -198,7 +198,7 @@ class Run:
         structure = model_structure(model)
         names = [n for layer in structure.layers for n in layer.attention_linears]
         settings = self.settings(section, distill=section.distill)
-        steps = settings.max_steps or max(1, round(settings.epochs * -(-len(self.data.train) // settings.batch_size)))
+        steps = stage_steps(settings, len(self.data.train))
         cool_down = int(section.cool_down * steps)
         if section.recover_lr is not None:  # the steps at the final head set restart from recover_lr
             settings = replace(settings, restart_step=cool_down, restart_lr=section.recover_lr)

@@ -72,9 +72,9 @@ class Attention(StageTrain):
     # Hard mode: a head leaving the mask fades out linearly over this many steps instead of at once
     # (capped so every fade ends by the stage's last step).
     fade_steps: int = Field(0, ge=0)
-    # Set: the steps from the cool-down on, at the final head set, train from this lr decaying to zero
-    # (as the FFN stage's recovery does, `ffn.recover_lr`); unset: the tail of the stage's one decay,
-    # a quarter of `lr` at a cool-down of 0.75.
+    # Set: the steps from the cool-down on (the kept heads fixed; faded ones finishing their fade)
+    # train from this lr decaying to zero, as the FFN stage's recovery does (`ffn.recover_lr`); unset:
+    # the tail of the stage's one decay (without warm-up, a quarter of `lr` at a cool-down of 0.75).
     recover_lr: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
@@ -91,6 +91,9 @@ class Attention(StageTrain):
             raise ValueError("average is for stages of one shape; the attention stage's masks change")
         if self.fade_steps and self.mode != "hard":
             raise ValueError("fade_steps fades out heads in hard mode; set attention.mode=hard")
+        if self.recover_lr is not None and not (self.warmup_ratio <= self.cool_down < 1):
+            raise ValueError("recover_lr restarts the lr at the cool-down: it needs cool_down below 1 and "
+                             "not before the lr warm-up ends (warmup_ratio <= cool_down)")
         return self
 
 

@@ -50,10 +50,19 @@ class TrainSettings:
     bf16: bool = False  # autocast the forward to bfloat16 (GPUs); optimiser state stays float32
     hidden_weight: float = 0.0  # > 0 (with a teacher given to fit): add this x layer-wise hidden-state MSE
     average: float = 0.0  # > 0: end on the mean of the weights after each of the last this fraction of steps
-    # From this step on the lr restarts at `restart_lr` and decays linearly to 0 by the last step (the
-    # attention stage's steps at the final head set: otherwise they train at the tail of one decay).
+    # From this step on the lr restarts at `restart_lr` and decays linearly towards 0 (0 after the last
+    # step), as the attention stage's steps after its cool-down do; both set or neither.
     restart_step: int | None = None
     restart_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.restart_step is None) != (self.restart_lr is None):
+            raise ValueError("restart_step and restart_lr go together: set both or neither")
+
+
+def stage_steps(settings: TrainSettings, rows: int) -> int:
+    """The optimiser steps `fit` takes over `rows` training rows: `max_steps`, else the epochs'."""
+    return settings.max_steps or max(1, math.ceil(settings.epochs * math.ceil(rows / settings.batch_size)))
 
 
 @dataclass
@@ -152,7 +161,7 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
     layer_kd = teacher is not None and settings.hidden_weight > 0
     torch.manual_seed(settings.seed)
     steps_per_epoch = math.ceil(len(train_set) / settings.batch_size)
-    total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
+    total = stage_steps(settings, len(train_set))
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
@@ -161,7 +170,7 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
 
     def lr_lambda(step: int) -> float:
         if settings.restart_step is not None and step >= settings.restart_step:
-            restart = (settings.restart_lr or settings.lr) / settings.lr
+            restart = settings.restart_lr / settings.lr
             return restart * max(0.0, (total - step) / max(1, total - settings.restart_step))
         if step < warmup:
             return (step + 1) / warmup
