@@ -93,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from trimformer.holdout import check_rows_record
     from trimformer.pipeline import Run, RunOptions, load_data
     from trimformer.recipe import load_recipe
+    from trimformer.resume import check_resumed_recipe
     from trimformer.summarize import summarize
 
     overrides = list(args.overrides)
@@ -126,6 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(output_dir / "run.log" if dist.is_main() else None)
     check_rows_record(output_dir, data.rows, recipe.select_rows, recipe.max_train_samples,
                       write=dist.is_main())  # a resume on other rows stops here
+    check_resumed_recipe(output_dir, recipe)  # and one with other settings for a stage it has begun
     dist.on_main(lambda: write_atomic(output_dir / "recipe.json", recipe.model_dump_json(indent=2)))
     run = Run(options, data)
     run.run_stages(args.stop_after)
