@@ -13,13 +13,15 @@ A switch can only close the part of the gap that arises in the stage it changes.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from branch import stage_metrics as finished_stage_metrics  # noqa: E402
+
 from trimformer.glue import get_task  # noqa: E402
 from trimformer.io import write_json  # noqa: E402
 
@@ -28,16 +30,14 @@ STAGES = ("finetune", "attention", "heads", "distil", "ffn")
 
 def stage_metrics(point: Path, main_metric: str) -> list[float] | None:
     """The main metric after each stage of STAGES, or None if the point has not finished them."""
-    values = []
+    finished = finished_stage_metrics(point)  # bench/branch.py's reading of the done.json files
+    if any(stage not in finished for stage in STAGES):
+        return None
     for stage in STAGES:
-        done = point / "stages" / stage / "done.json"
-        if not done.is_file():
-            return None
-        metrics = json.loads(done.read_text())["metrics"]
-        if main_metric not in metrics:
-            raise SystemExit(f"{done}: no {main_metric!r} among its metrics {sorted(metrics)}")
-        values.append(float(metrics[main_metric]))
-    return values
+        if main_metric not in finished[stage]:
+            raise SystemExit(f"{point / 'stages' / stage / 'done.json'}: no {main_metric!r} among its metrics "
+                             f"{sorted(finished[stage])}")
+    return [float(finished[stage][main_metric]) for stage in STAGES]
 
 
 def stage_losses(works: list[Path], method: str) -> list[dict]:

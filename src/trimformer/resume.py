@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 from trimformer.config import ConfigError
+from trimformer.pipeline import STAGES  # each stage's recipe section has its name
 from trimformer.recipe import Recipe
 
-STAGE_SECTIONS = ("finetune", "attention", "heads", "distil", "ffn", "final_distil")
 # Keys every stage trains with: once any stage has begun, they are the run's.
 SHARED_KEYS = ("max_seq_length", "train_batch_size", "seed", "distill_regression")
 
@@ -37,7 +37,7 @@ def check_resumed_recipe(out: Path, recipe: Recipe) -> None:
     saved = out / "recipe.json"
     if not saved.is_file():
         return
-    begun = [stage for stage in STAGE_SECTIONS if (out / "stages" / stage).is_dir()]
+    begun = [stage for stage in STAGES if (out / "stages" / stage).is_dir()]
     changed = changed_settings(json.loads(saved.read_text()), recipe.model_dump(mode="json"), begun)
     if changed:
         raise ConfigError(f"{out} began its {', '.join(begun)} stage(s) with other settings than this resume "

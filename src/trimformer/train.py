@@ -186,6 +186,7 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
     tail = TailAverage(model, total, settings.average) if settings.average > 0 else None
     # The stage ends on the average: an earlier evaluation's raw weights must not replace it.
     keep_best = settings.keep_best and tail is None
+    chooser = select_fn or evaluate_fn  # what keep_best compares the evaluations by
     if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
         state = load_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler)
         step = state.step
@@ -240,7 +241,6 @@ def fit(model: nn.Module, task: TaskSpec, train_set: Dataset, collate: Callable,
             bar.set_postfix(loss=f"{loss.item():.4f}", **({main_metric: f"{best:.4f}"} if best is not None else {}))
             epoch_end = step % steps_per_epoch == 0 or step == total
             due = epoch_end or (settings.eval_every is not None and step % settings.eval_every == 0)
-            chooser = select_fn or evaluate_fn
             if chooser is not None and keep_best and due:
                 chosen_by = chooser(model)[main_metric]
                 if best is None or chosen_by > best:
