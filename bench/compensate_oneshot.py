@@ -50,6 +50,18 @@ def cut(model_dir: str, stats: dict, fraction: float, refit: bool) -> torch.nn.M
     return model
 
 
+def train_curve(model: torch.nn.Module, task: glue.TaskSpec, train_set, dev: dict, collate, steps: int,
+                rounds: int, arm: str) -> list[float]:
+    """The model's dev metric now and after each of `rounds` spells of `steps` training steps (task
+    loss, lr 3e-5, batch 32)."""
+    curve = [evaluate(model, task, dev, collate, 128)[task.main_metric]]
+    for spell in range(rounds):
+        fit(model, task, train_set, collate, TrainSettings(max_steps=steps, lr=3e-5, seed=1024 + spell),
+            desc=f"{arm} {spell + 1}")
+        curve.append(evaluate(model, task, dev, collate, 128)[task.main_metric])
+    return curve
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a saved (pruned) model folder")
@@ -84,12 +96,8 @@ def main() -> None:
     if args.train_fraction is not None:
         for arm in ("plain", "lstsq"):
             model = cut(args.model, stats, args.train_fraction, arm == "lstsq")
-            curve = [evaluate(model, task, dev, collate, 128)[task.main_metric]]
-            for spell in range(args.train_rounds):
-                fit(model, task, train_set, collate,
-                    TrainSettings(max_steps=args.train_steps, lr=3e-5, seed=1024 + spell), desc=f"{arm} {spell + 1}")
-                curve.append(evaluate(model, task, dev, collate, 128)[task.main_metric])
-            trained[arm] = curve
+            trained[arm] = curve = train_curve(model, task, train_set, dev, collate, args.train_steps,
+                                               args.train_rounds, arm)
             print(f"{args.task} cut {args.train_fraction:.0%} then trained, {arm}: "
                   + " ".join(f"{m:.4f}" for m in curve), flush=True)
     result = {"task": args.task, "model": args.model, "main_metric": task.main_metric, "rows": rows,

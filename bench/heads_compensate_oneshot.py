@@ -30,7 +30,10 @@ from trimformer.io import load_pruned, write_json
 from trimformer.masks import load_masks
 from trimformer.shrink import shrink
 from trimformer.structure import model_structure
-from trimformer.train import TrainSettings, evaluate, fit
+from trimformer.train import evaluate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compensate_oneshot import train_curve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,20 +73,17 @@ def main() -> None:
     train_set = encode("train")
     masks = load_masks(args.masks)
     base = load_pruned(args.model)
-    heads = [int(masks[layer.attn_out]["weight"].bool().any(dim=0).sum()) // model_structure(base).head_dim
-             for layer in model_structure(base).layers]
-    stats = collect_channel_stats(base, [layer.attn_out for layer in model_structure(base).layers],
+    structure = model_structure(base)
+    heads = [int(masks[layer.attn_out]["weight"].bool().any(dim=0).sum()) // structure.head_dim
+             for layer in structure.layers]
+    stats = collect_channel_stats(base, [layer.attn_out for layer in structure.layers],
                                   sample_batches(train_set, args.rows, 128, collate, seed=1))
     dense = evaluate(base, task, dev, collate, 128)[task.main_metric]
     curves = {}
     for arm in ("plain", "lstsq"):
         model = cut(args.model, masks, stats, arm == "lstsq")
-        curve = [evaluate(model, task, dev, collate, 128)[task.main_metric]]
-        for spell in range(args.train_rounds):
-            fit(model, task, train_set, collate,
-                TrainSettings(max_steps=args.train_steps, lr=3e-5, seed=1024 + spell), desc=f"{arm} {spell + 1}")
-            curve.append(evaluate(model, task, dev, collate, 128)[task.main_metric])
-        curves[arm] = curve
+        curves[arm] = curve = train_curve(model, task, train_set, dev, collate, args.train_steps,
+                                          args.train_rounds, arm)
         print(f"{args.task} heads {heads}, {arm}: " + " ".join(f"{m:.4f}" for m in curve), flush=True)
     result = {"task": args.task, "model": args.model, "masks": args.masks, "heads_per_layer": heads,
               "main_metric": task.main_metric, "dense": dense,
