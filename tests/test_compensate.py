@@ -7,7 +7,14 @@ import torch
 
 from tests.models import tiny_batch, tiny_bert
 from tests.test_pipeline import tiny_run_to_ffn
-from trimformer.compensate import ChannelStats, collect_channel_stats, compensate_cut, compensate_linear
+from trimformer.compensate import (
+    ChannelStats,
+    collect_channel_stats,
+    compensate_cut,
+    compensate_heads,
+    compensate_linear,
+    head_column_keeps,
+)
 from trimformer.shrink import shrink
 
 FFN_IN, FFN_OUT = "bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.0.output.dense"
@@ -96,3 +103,82 @@ def test_compensation_through_the_recipe(tmp_path):
     assert sum(ffn) < 2 * 64
     log = (out / "run.log").read_text()
     assert log.count("2 second FFN linears re-fitted by least squares") == 3  # once per round (smoke: 3)
+
+
+def head_masks(model, keep_heads: dict[int, list[int]]) -> dict:
+    """Whole-head masks for the layers named (layer index -> heads kept), head_dim 8."""
+    from trimformer.plan import whole_head_masks
+    from trimformer.structure import model_structure
+
+    structure, masks = model_structure(model), {}
+    for index, kept in keep_heads.items():
+        keep = torch.zeros(structure.num_heads, dtype=torch.bool)
+        keep[kept] = True
+        masks.update(whole_head_masks(model, structure.layers[index], keep, structure.head_dim))
+    return masks
+
+
+def test_head_column_keeps_follow_the_heads_shrink_removes():
+    model = tiny_bert()  # 4 heads of 8
+    masks = head_masks(model, {0: [0, 2], 1: [0, 1, 2, 3]})
+    attn_out = "bert.encoder.layer.0.attention.output.dense"
+    masks[attn_out]["weight"][0, 8:16] = 1  # head 1 partly kept: shrink keeps it, so it is not re-fitted away
+    keeps = head_column_keeps(model, masks)
+    assert list(keeps) == [attn_out]  # layer 1 loses nothing
+    assert keeps[attn_out].tolist() == [True] * 24 + [False] * 8  # heads 0-2 stay, head 3 goes
+
+
+def test_head_compensation_stays_closer_to_the_uncut_attention():
+    model = tiny_bert()
+    with torch.no_grad():  # value biases make the cut heads' mean output matter, as in trained models
+        model.bert.encoder.layer[0].attention.self.value.bias.normal_(0, 1.0)
+    batches = [tiny_batch(batch=8, seq=12, seed=s) for s in range(6)]
+    probe = tiny_batch(batch=8, seq=12, seed=99)
+    attn_out = "bert.encoder.layer.0.attention.output.dense"
+
+    def attention_output(m) -> torch.Tensor:  # what layer 0's output projection emits on real tokens
+        seen = []
+        handle = m.get_submodule(attn_out).register_forward_hook(lambda _m, _a, out: seen.append(out))
+        with torch.no_grad():
+            m(**probe)
+        handle.remove()
+        return seen[0][probe["attention_mask"].bool()]
+
+    reference = attention_output(model)
+
+    def error(compensate: bool) -> float:
+        copy = tiny_bert()
+        copy.load_state_dict(model.state_dict())
+        masks = head_masks(copy, {0: [0, 3]})
+        if compensate:
+            assert compensate_heads(copy, masks, batches) == (1, sum(int(b["attention_mask"].sum()) for b in batches))
+        shrink(copy, masks, restore_partial=True)
+        assert copy.get_submodule(attn_out).in_features == 16
+        return float((attention_output(copy) - reference).pow(2).mean())
+
+    assert error(True) < 0.1 * error(False)  # 0.0007 here: the cut heads mostly emitted their value biases
+
+
+def test_head_compensation_through_the_recipe(tmp_path):
+    from trimformer.io import load_pruned
+    from trimformer.plan import ShrinkPlan
+
+    out = tiny_run_to_ffn(tmp_path, "heads.compensate=lstsq", "heads.compensate_rows=8")
+    plan = ShrinkPlan.from_json((out / "stages" / "heads" / "model" / "plan.json").read_text())
+    cut_layers = sum(len(lp.heads_kept) < 4 for lp in plan.layers)
+    assert cut_layers > 0
+    log = (out / "run.log").read_text()
+    assert f"heads: {cut_layers} attention output projections re-fitted by least squares" in log
+    tuned = load_pruned(out / "stages" / "finetune" / "model")
+    cut = load_pruned(out / "stages" / "heads" / "model")
+    layer = next(i for i, lp in enumerate(plan.layers) if len(lp.heads_kept) < 4)
+    bias = lambda m: m.bert.encoder.layer[layer].attention.output.dense.bias  # noqa: E731
+    assert not torch.allclose(bias(cut), bias(tuned))  # re-fitted, not just cut
+
+
+def test_head_compensation_needs_whole_head_cuts():
+    from trimformer.config import ConfigError
+    from trimformer.recipe import load_recipe
+
+    with pytest.raises(ConfigError, match="heads.compensate needs heads.restore_partial"):
+        load_recipe("smoke", ["heads.compensate=lstsq", "heads.restore_partial=false"])

@@ -21,6 +21,7 @@ from torch import nn
 
 from trimformer import dist, glue
 from trimformer.calibrate import calibrate_output_bias
+from trimformer.compensate import compensate_heads, sample_batches
 from trimformer.distill import compute_teacher_logits, load_teacher_logits, save_teacher_logits
 from trimformer.ffn_stage import run_ffn_stage
 from trimformer.glue_metrics import compute_metrics
@@ -241,13 +242,19 @@ class Run:
         self.finish("attention", start, result.metrics)
 
     def stage_heads(self) -> None:
-        start = time.perf_counter()
-        model = load_pruned(self.stage_dir(self.recipe.heads.source) / "model", self.device)
+        start, section = time.perf_counter(), self.recipe.heads
+        model = load_pruned(self.stage_dir(section.source) / "model", self.device)
         masks = load_masks(self.stage_dir("attention") / "masks.safetensors")
-        if self.recipe.heads.rule == "value":
+        if section.rule == "value":
             masks = value_rule_masks(model, masks)
-        plan = shrink(model, masks, restore_partial=self.recipe.heads.restore_partial,
-                      drop_empty_layers=self.recipe.heads.drop_empty_layers)
+        if section.compensate == "lstsq":
+            batches = sample_batches(self.data.train, section.compensate_rows, self.recipe.eval_batch_size,
+                                     self.data.collate, self.recipe.seed + 4099)
+            layers, tokens = compensate_heads(model, masks, batches, self.device, section.compensate_ridge)
+            log.info("heads: %d attention output projections re-fitted by least squares over %d tokens",
+                     layers, tokens)
+        plan = shrink(model, masks, restore_partial=section.restore_partial,
+                      drop_empty_layers=section.drop_empty_layers)
         dist.on_main(lambda: save_pruned(model, self.stage_dir("heads") / "model", tokenizer=self.data.tokenizer,
                                          plan=plan))
         self.finish("heads", start, self.evaluate(model), heads_per_layer=[len(lp.heads_kept) for lp in plan.layers
