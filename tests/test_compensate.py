@@ -15,6 +15,7 @@ from trimformer.compensate import (
     compensate_linear,
     head_column_keeps,
 )
+from trimformer.masks import apply_masks
 from trimformer.shrink import shrink
 
 FFN_IN, FFN_OUT = "bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.0.output.dense"
@@ -172,13 +173,28 @@ def test_head_compensation_through_the_recipe(tmp_path):
     tuned = load_pruned(out / "stages" / "finetune" / "model")
     cut = load_pruned(out / "stages" / "heads" / "model")
     layer = next(i for i, lp in enumerate(plan.layers) if len(lp.heads_kept) < 4)
-    bias = lambda m: m.bert.encoder.layer[layer].attention.output.dense.bias  # noqa: E731
-    assert not torch.allclose(bias(cut), bias(tuned))  # re-fitted, not just cut
+    columns = torch.cat([torch.arange(h * 8, (h + 1) * 8) for h in plan.layers[layer].heads_kept])  # head_dim 8
+    weight = lambda m: m.bert.encoder.layer[layer].attention.output.dense.weight  # noqa: E731
+    assert not torch.allclose(weight(cut), weight(tuned)[:, columns])  # a plain cut keeps the kept columns as they are
 
 
 def test_head_compensation_needs_whole_head_cuts():
     from trimformer.config import ConfigError
     from trimformer.recipe import load_recipe
 
-    with pytest.raises(ConfigError, match="heads.compensate needs heads.restore_partial"):
-        load_recipe("smoke", ["heads.compensate=lstsq", "heads.restore_partial=false"])
+    for wrong in ("heads.restore_partial=false", "heads.source=attention"):
+        with pytest.raises(ConfigError, match="needs heads.source: finetune and heads.restore_partial"):
+            load_recipe("smoke", ["heads.compensate=lstsq", wrong])
+    model = tiny_bert()
+    masks = head_masks(model, {0: [0]})
+    apply_masks(model, masks)
+    with pytest.raises(ValueError, match="without mask parametrizations"):
+        compensate_heads(model, masks, [tiny_batch()])
+
+
+def test_head_compensation_skips_layers_shrink_drops():
+    model = tiny_bert()
+    masks = head_masks(model, {0: [], 1: [1]})
+    first, second = (f"bert.encoder.layer.{i}.attention.output.dense" for i in (0, 1))
+    assert list(head_column_keeps(model, masks, drop_empty_layers=True)) == [second]  # layer 0 goes whole
+    assert head_column_keeps(model, masks)[first].sum() == 0  # kept as a layer: only its bias is re-fitted

@@ -1,5 +1,6 @@
-"""Compensation for removed FFN channels: before a cut, re-fit the second FFN linear so the layer's
-output moves as little as possible.
+"""Compensation for removed FFN channels and heads: before a cut, re-fit the linear that consumes
+them (the second FFN linear, the attention output projection) so the layer's output moves as little
+as possible.
 
 A Taylor round removes the channels whose loss change is smallest to first order, but each removed
 channel still carried a mean (GELU outputs are mostly positive) and a part the kept channels can
@@ -98,6 +99,8 @@ def compensate_linear(linear: nn.Linear, keep: torch.Tensor, stats: ChannelStats
     `keep`: bool [in_features]."""
     if linear.bias is None:
         raise ValueError("compensation needs a linear with a bias")
+    if torch.nn.utils.parametrize.is_parametrized(linear):  # writes to .weight would land in a temporary
+        raise ValueError("compensation needs a linear without mask parametrizations: remove_masks first")
     keep = keep.to(linear.weight.device).bool()
     if keep.numel() != linear.in_features:
         raise ValueError(f"keep has {keep.numel()} entries, the linear {linear.in_features} inputs")
@@ -140,12 +143,15 @@ def compensate_cut(model: nn.Module, keeps: dict[str, torch.Tensor], batches: It
     return next(iter(stats.values())).count if stats else 0
 
 
-def head_column_keeps(model: nn.Module, masks: MaskDict) -> dict[str, torch.Tensor]:
+def head_column_keeps(model: nn.Module, masks: MaskDict, drop_empty_layers: bool = False) -> dict[str, torch.Tensor]:
     """Per attention output projection that loses heads under `masks` (the heads `shrink` would
-    remove: `plan_from_masks`), a bool mask of its input columns that stay."""
+    remove: `plan_from_masks`), a bool mask of its input columns that stay; layers `shrink` drops
+    whole (`drop_empty_layers`) are left out."""
     structure = model_structure(model)
     keeps = {}
-    for layer, kept in zip(structure.layers, plan_from_masks(model, masks).layers, strict=True):
+    for layer, kept in zip(structure.layers, plan_from_masks(model, masks, drop_empty_layers).layers, strict=True):
+        if kept.dropped:
+            continue
         heads = torch.zeros(model.get_submodule(layer.attn_out).in_features // structure.head_dim, dtype=torch.bool)
         heads[list(kept.heads_kept)] = True
         if not bool(heads.all()):
@@ -153,12 +159,12 @@ def head_column_keeps(model: nn.Module, masks: MaskDict) -> dict[str, torch.Tens
     return keeps
 
 
-def compensate_heads(model: nn.Module, masks: MaskDict, batches: Iterable[dict],
-                     device: torch.device | str = "cpu", ridge: float = 1e-3) -> tuple[int, int]:
-    """Before `shrink(model, masks, restore_partial=True)`: re-fit the attention output projection
-    of each layer that loses heads, so it emits what all its heads did on `batches`' tokens.
-    Returns (layers re-fitted, tokens the moments came from)."""
-    keeps = head_column_keeps(model, masks)
+def compensate_heads(model: nn.Module, masks: MaskDict, batches: Iterable[dict], device: torch.device | str = "cpu",
+                     ridge: float = 1e-3, drop_empty_layers: bool = False) -> tuple[int, int]:
+    """Before `shrink(model, masks, restore_partial=True, drop_empty_layers=...)`: re-fit the
+    attention output projection of each layer that loses heads, so it emits what all its heads did
+    on `batches`' tokens. Returns (layers re-fitted, tokens the moments came from)."""
+    keeps = head_column_keeps(model, masks, drop_empty_layers)
     if not keeps:
         return 0, 0
     return len(keeps), compensate_cut(model, keeps, batches, device, ridge)

@@ -250,9 +250,9 @@ class Run:
         if section.compensate == "lstsq":
             batches = sample_batches(self.data.train, section.compensate_rows, self.recipe.eval_batch_size,
                                      self.data.collate, self.recipe.seed + 4099)
-            layers, tokens = compensate_heads(model, masks, batches, self.device, section.compensate_ridge)
-            log.info("heads: %d attention output projections re-fitted by least squares over %d tokens",
-                     layers, tokens)
+            fitted = compensate_heads(model, masks, batches, self.device, section.compensate_ridge,
+                                      section.drop_empty_layers)
+            log.info("heads: %d attention output projections re-fitted by least squares over %d tokens", *fitted)
         plan = shrink(model, masks, restore_partial=section.restore_partial,
                       drop_empty_layers=section.drop_empty_layers)
         dist.on_main(lambda: save_pruned(model, self.stage_dir("heads") / "model", tokenizer=self.data.tokenizer,

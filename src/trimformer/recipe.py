@@ -106,20 +106,20 @@ class Heads(_Strict):
     # When a head goes: 'all' of its q, k, v rows and output columns masked (exact), or, as the
     # tutorial does, 'value': its value rows masked (the rest of the head goes with them).
     rule: Literal["all", "value"] = "all"
-    # 'lstsq': before the cut, re-fit each layer's attention output projection by ridge least squares
-    # so it emits what all its heads did (compensate.py), from inference moments over `compensate_rows`
-    # training rows of the source model; meant for `source: finetune`, whose heads were not trained
-    # to do without the cut ones.
+    # 'lstsq' (with `source: finetune`): before the cut, re-fit each layer's attention output projection
+    # by ridge least squares so it emits what all its heads did (compensate.py), from inference moments
+    # over `compensate_rows` training rows of the fine-tuned model.
     compensate: Literal["none", "lstsq"] = "none"
     compensate_rows: int = Field(512, ge=1)
     compensate_ridge: float = Field(1e-3, gt=0)  # times the channels' mean second moment
 
     @model_validator(mode="after")
-    def _compensate_needs_whole_heads(self) -> Heads:
-        # Partly masked heads keep zeros without restore_partial; the re-fit would be undone by them.
-        if self.compensate != "none" and not self.restore_partial:
-            raise ValueError("heads.compensate needs heads.restore_partial: true (partly masked heads keep "
-                             "their weights, only whole heads go)")
+    def _compensate_from_the_finetune(self) -> Heads:
+        # The attention stage's weights were trained without the cut heads: re-fitting their work into
+        # the kept ones would undo that. Without restore_partial, the masks multiplied in after the fit
+        # would zero parts of re-fitted columns of partly masked heads.
+        if self.compensate != "none" and (self.source != "finetune" or not self.restore_partial):
+            raise ValueError("heads.compensate needs heads.source: finetune and heads.restore_partial: true")
         return self
 
 
