@@ -99,14 +99,15 @@ TARGET_METHODS = {"trimformer": TRIMFORMER, "layerwise": LAYERWISE, "target": []
                   "taylor_fade": [*TAYLOR_REG, "attention.fade_steps=30"],
                   "taylor_a16": [*TAYLOR_REG, "ffn.multiple=16"],
                   "taylor_rlr": [*TAYLOR_REG, "attention.recover_lr=3e-5"],
-                  "taylor_hc": [*TAYLOR_REG, "heads.source=finetune", "heads.compensate=lstsq"]}
+                  "taylor_hc": [*TAYLOR_REG, "heads.source=finetune", "heads.compensate=lstsq"],
+                  "taylor_rf": [*TAYLOR_REG, "attention.compensate=lstsq"]}
 # The same methods with the stages after the shared fine-tune seeded differently (data order, dropout):
 # one CoLA point moves 3-4 MCC points from seed to seed, as much as most switches, so the top methods
 # need a few seeds each before one is preferred (frontier.md then adds a table of means over seeds).
 SEEDS = (1025, 1026)
 TARGET_METHODS.update({f"{method}_s{seed}": [*TARGET_METHODS[method], f"seed={seed}"]
                        for method in ("taylor_reg", "taylor_ra5", "taylor_kd", "taylor_rh2", "taylor_avg",
-                                      "taylor_fade", "taylor_a16", "taylor_rlr", "taylor_hc")
+                                      "taylor_fade", "taylor_a16", "taylor_rlr", "taylor_hc", "taylor_rf")
                        for seed in SEEDS})
 PROTOCOL_NOTE = ("Packaged all-MiniLM-L6-v2; fine-tune 3 epochs once per task; per point an attention epoch "
                  "(warm-up 0.25, cool-down from 0.75), a distillation epoch and an FFN epoch of 12 Taylor rounds; "

@@ -35,14 +35,14 @@ from trimformer.structure import model_structure
 from trimformer.train import model_inputs
 
 __all__ = ["ChannelStats", "collect_channel_stats", "compensate_cut", "compensate_heads", "compensate_linear",
-           "head_column_keeps", "sample_batches"]
+           "head_column_keeps", "sample_batches", "solve_refit"]
 
 
 @dataclass
 class ChannelStats:
     """First and second moments of one linear's input channels over `count` tokens (float64)."""
 
-    count: int
+    count: float  # tokens (in training, a decayed sum of them)
     total: torch.Tensor  # [in_features]: sum of the inputs
     gram: torch.Tensor | None  # [in_features, in_features]: sum of outer products
 
@@ -93,6 +93,32 @@ def collect_channel_stats(model: nn.Module, linear_names: Iterable[str], batches
 
 
 @torch.no_grad()
+def solve_refit(weight: torch.Tensor, bias: torch.Tensor, keep: torch.Tensor, stats: ChannelStats,
+                ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ridge least-squares fit (float64) of the kept columns and the bias: W' h_keep + b' best
+    matches W h + b over the inputs `stats` describes. Returns (W' [out, kept], b' [out])."""
+    if stats.gram is None:
+        raise ValueError("least-squares compensation needs the inputs' second moments")
+    weight, keep = weight.double(), keep.to(weight.device).bool()
+    # Second moments of z = [h; 1]; solve W'_aug G[K, K] = W_aug G[:, K] for K = kept channels + bias.
+    width = weight.shape[1]
+    gram = torch.empty(width + 1, width + 1, dtype=torch.float64, device=weight.device)
+    gram[:width, :width] = stats.gram.to(weight.device)
+    gram[:width, width] = gram[width, :width] = stats.total.to(weight.device)
+    gram[width, width] = stats.count
+    gram /= stats.count
+    weight_aug = torch.cat([weight, bias.double()[:, None]], dim=1)
+    kept = torch.cat([keep, torch.ones(1, dtype=torch.bool, device=keep.device)])
+    system = gram[kept][:, kept]
+    # Ridge on the channels only, scaled to their mean energy, so near-duplicate channels stay stable.
+    diag = torch.diagonal(system)[:-1]
+    diag += ridge * float(diag.mean())
+    rhs = weight_aug @ gram[:, kept]
+    solved = torch.linalg.solve(system, rhs.T).T  # system is symmetric
+    return solved[:, :-1], solved[:, -1]
+
+
+@torch.no_grad()
 def compensate_linear(linear: nn.Linear, keep: torch.Tensor, stats: ChannelStats, ridge: float = 1e-3) -> None:
     """Change `linear` in place (before its removed input columns are cut) so that on the collected
     inputs, W[:, keep] h_keep + b approximates the uncut W h + b; the removed columns become zero.
@@ -108,24 +134,9 @@ def compensate_linear(linear: nn.Linear, keep: torch.Tensor, stats: ChannelStats
         raise ValueError("least-squares compensation needs the inputs' second moments")
     if bool(keep.all()) or stats.count == 0:
         return
-    weight = linear.weight.double()
-    # Second moments of z = [h; 1]; solve W'_aug G[K, K] = W_aug G[:, K] for K = kept channels + bias.
-    width = linear.in_features
-    gram = torch.empty(width + 1, width + 1, dtype=torch.float64, device=weight.device)
-    gram[:width, :width] = stats.gram.to(weight.device)
-    gram[:width, width] = gram[width, :width] = stats.total.to(weight.device)
-    gram[width, width] = stats.count
-    gram /= stats.count
-    weight_aug = torch.cat([weight, linear.bias.double()[:, None]], dim=1)
-    kept = torch.cat([keep, torch.ones(1, dtype=torch.bool, device=keep.device)])
-    system = gram[kept][:, kept]
-    # Ridge on the channels only, scaled to their mean energy, so near-duplicate channels stay stable.
-    diag = torch.diagonal(system)[:-1]
-    diag += ridge * float(diag.mean())
-    rhs = weight_aug @ gram[:, kept]
-    solved = torch.linalg.solve(system, rhs.T).T  # system is symmetric
-    linear.weight[:, keep] = solved[:, :-1].to(linear.weight.dtype)
-    linear.bias.copy_(solved[:, -1].to(linear.bias.dtype))
+    kept_weight, bias = solve_refit(linear.weight, linear.bias, keep, stats, ridge)
+    linear.weight[:, keep] = kept_weight.to(linear.weight.dtype)
+    linear.bias.copy_(bias.to(linear.bias.dtype))
     # The fit already stands in for everything the removed channels emitted. A masked channel still
     # emits act(its bias), which `shrink` folds into this bias; zero columns make that fold add nothing
     # (without this, every round counted the removed channels' constant output twice).
@@ -140,7 +151,7 @@ def compensate_cut(model: nn.Module, keeps: dict[str, torch.Tensor], batches: It
     stats = collect_channel_stats(model, keeps, batches, device)
     for name, keep in keeps.items():
         compensate_linear(model.get_submodule(name), keep, stats[name], ridge)
-    return next(iter(stats.values())).count if stats else 0
+    return int(next(iter(stats.values())).count) if stats else 0
 
 
 def head_column_keeps(model: nn.Module, masks: MaskDict, drop_empty_layers: bool = False) -> dict[str, torch.Tensor]:

@@ -76,6 +76,16 @@ def average_grads(tensors: Iterable[torch.Tensor]) -> None:
             t.grad /= world_size()
 
 
+def sum_over_ranks(tensors: Iterable[torch.Tensor]) -> None:
+    """All-reduce (sum) `tensors` in place across the processes (moments gathered on each rank's rows)."""
+    if world_size() == 1:
+        return
+    for t in tensors:
+        moved = t.to(_comm_device())
+        torch_dist.all_reduce(moved, op=torch_dist.ReduceOp.SUM)
+        t.copy_(moved)
+
+
 def on_main(write: Callable[[], object]) -> None:
     """Run a file write on the main process only, then let every rank continue."""
     if is_main():

@@ -76,6 +76,13 @@ class Attention(StageTrain):
     # train from this lr decaying to zero, as the FFN stage's recovery does (`ffn.recover_lr`); unset:
     # the tail of the stage's one decay (without warm-up, a quarter of `lr` at a cool-down of 0.75).
     recover_lr: float | None = Field(None, gt=0)
+    # 'lstsq' (hard mode): when heads leave a layer's mask, re-fit its attention output projection at
+    # once by ridge least squares to emit what it did with them (refit.py), from decayed moments of
+    # `compensate_tokens` tokens a batch (decay `compensate_decay` a batch).
+    compensate: Literal["none", "lstsq"] = "none"
+    compensate_tokens: int = Field(256, ge=1)
+    compensate_decay: float = Field(0.9, gt=0, le=1)
+    compensate_ridge: float = Field(1e-3, gt=0)  # times the channels' mean second moment
 
     @model_validator(mode="after")
     def _taylor_is_hard(self) -> Attention:
@@ -91,6 +98,9 @@ class Attention(StageTrain):
             raise ValueError("average is for stages of one shape; the attention stage's masks change")
         if self.fade_steps and self.mode != "hard":
             raise ValueError("fade_steps fades out heads in hard mode; set attention.mode=hard")
+        if self.compensate != "none" and (self.mode != "hard" or self.fade_steps):
+            raise ValueError("attention.compensate re-fits as heads leave in hard mode without fading; "
+                             "set attention.mode=hard and attention.fade_steps=0")
         if self.recover_lr is not None and not (self.warmup_ratio <= self.cool_down < 1):
             raise ValueError("recover_lr restarts the lr at the cool-down: it needs cool_down below 1 and "
                              "not before the lr warm-up ends (warmup_ratio <= cool_down)")
@@ -259,6 +269,13 @@ class Recipe(_Strict):
     final_distil: Distil = Distil()
     bench: Bench = Bench()
     target: Target = Target()
+
+    @model_validator(mode="after")
+    def _refit_weights_are_cut(self) -> Recipe:
+        if self.attention.compensate != "none" and self.heads.source != "attention":
+            raise ValueError("attention.compensate re-fits the attention stage's weights: set heads.source: attention "
+                             "(with source: finetune the heads are cut from the fine-tune)")
+        return self
 
 
 def shipped_recipes() -> list[str]:
