@@ -42,7 +42,7 @@ __all__ = ["ChannelStats", "collect_channel_stats", "compensate_cut", "compensat
 class ChannelStats:
     """First and second moments of one linear's input channels over `count` tokens (float64)."""
 
-    count: float  # tokens (in training, a decayed sum of them)
+    count: float | torch.Tensor  # tokens (in training, a decayed sum of them, a 0-d tensor)
     total: torch.Tensor  # [in_features]: sum of the inputs
     gram: torch.Tensor | None  # [in_features, in_features]: sum of outer products
 
@@ -100,6 +100,8 @@ def solve_refit(weight: torch.Tensor, bias: torch.Tensor, keep: torch.Tensor, st
     if stats.gram is None:
         raise ValueError("least-squares compensation needs the inputs' second moments")
     weight, keep = weight.double(), keep.to(weight.device).bool()
+    if keep.numel() != weight.shape[1]:
+        raise ValueError(f"keep has {keep.numel()} entries, the weight {weight.shape[1]} input columns")
     # Second moments of z = [h; 1]; solve W'_aug G[K, K] = W_aug G[:, K] for K = kept channels + bias.
     width = weight.shape[1]
     gram = torch.empty(width + 1, width + 1, dtype=torch.float64, device=weight.device)
@@ -130,8 +132,6 @@ def compensate_linear(linear: nn.Linear, keep: torch.Tensor, stats: ChannelStats
     keep = keep.to(linear.weight.device).bool()
     if keep.numel() != linear.in_features:
         raise ValueError(f"keep has {keep.numel()} entries, the linear {linear.in_features} inputs")
-    if stats.gram is None:
-        raise ValueError("least-squares compensation needs the inputs' second moments")
     if bool(keep.all()) or stats.count == 0:
         return
     kept_weight, bias = solve_refit(linear.weight, linear.bias, keep, stats, ridge)

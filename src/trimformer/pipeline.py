@@ -223,27 +223,24 @@ class Run:
             decay += " over the output blocks alone" if engine.taylor_blocks == "output" else ""
             decay += f", leaving heads faded out over {engine.fade_steps} steps" if engine.fade_steps else ""
             log.info("attention: %s heads ranked by %s scores%s", section.allocation, engine.score, decay)
-        refit = None
-        if section.compensate == "lstsq":  # heads leaving a layer are re-fitted into its kept ones at once
-            refit = HeadRefit(model, section.compensate_tokens, section.compensate_decay, section.compensate_ridge,
-                              seed=self.recipe.seed + 8191)
-
-        def after_step(*_) -> None:
-            engine.step()
-            if refit is not None:
-                refit.after_step()
-
+        # attention.compensate: heads leaving a layer are re-fitted into its kept ones at once (refit.py)
+        refit = (HeadRefit(model, section.compensate_tokens, section.compensate_decay, section.compensate_ridge,
+                           seed=self.recipe.seed + 8191) if section.compensate == "lstsq" else None)
+        hook = refit.step_hook(engine) if refit is not None else lambda *_: engine.step()
+        state = refit.extra_state(engine) if refit is not None else (engine.state_tensors, engine.load_state_tensors)
         train_set = self.teacher_set() if section.distill else self.data.train
-        result = fit(model, self.task, train_set, self.data.collate, settings, evaluate_fn=self.evaluate,
-                     main_metric=self.task.main_metric, checkpoint_dir=self.stage_dir("attention") / "checkpoint",
-                     on_optimizer=lambda opt: opt.register_step_post_hook(after_step),
-                     extra_loss=engine.regularization_loss,
-                     extra_state=(engine.state_tensors, engine.load_state_tensors), device=self.device,
-                     desc="attention", teacher=self.teacher_model(section))
-        if refit is not None:
-            refit.close()
-            log.info("attention: %d output projection re-fits as heads left (%d skipped: a head came back "
-                     "or no moments yet)", refit.refits, refit.skipped)
+        try:
+            result = fit(model, self.task, train_set, self.data.collate, settings, evaluate_fn=self.evaluate,
+                         main_metric=self.task.main_metric,
+                         checkpoint_dir=self.stage_dir("attention") / "checkpoint",
+                         on_optimizer=lambda opt: opt.register_step_post_hook(hook),
+                         extra_loss=engine.regularization_loss, extra_state=state, device=self.device,
+                         desc="attention", teacher=self.teacher_model(section))
+        finally:
+            if refit is not None:
+                refit.close()
+                log.info("attention: %d output projection re-fits as heads left; %d times a layer got a head back",
+                         refit.refits, refit.returns)
         engine.pruner.show_pruned_weights(log.info)
         masks = engine.pruner.masks
         dist.check_identical({n: m["weight"] for n, m in masks.items()}, "the attention masks")
